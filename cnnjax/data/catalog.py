@@ -1,0 +1,34 @@
+"""What cnnjax knows about each dataset before touching any file."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str                      # cnnjax name, also the tfds builder name
+  image_shape: tuple[int, int, int]  # (H, W, C)
+  num_classes: int
+  train_split: str = "train"
+  test_split: str = "test"
+  flips_make_sense: bool = False  # digits are not mirror-symmetric; photos are
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    d.name: d for d in [
+        DatasetInfo("digits", (8, 8, 1), 10),
+        DatasetInfo("mnist", (28, 28, 1), 10),
+        DatasetInfo("fashion_mnist", (28, 28, 1), 10, flips_make_sense=True),
+        DatasetInfo("cifar10", (32, 32, 3), 10, flips_make_sense=True),
+        DatasetInfo("cifar100", (32, 32, 3), 100, flips_make_sense=True),
+        DatasetInfo("svhn_cropped", (32, 32, 3), 10),
+    ]
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+  """Returns the `DatasetInfo` of ``name``; unknown names raise ValueError."""
+  if name not in DATASETS:
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}")
+  return DATASETS[name]
