@@ -1,0 +1,185 @@
+"""Finding prepared datasets on disk and reading them through `tfds.data_source`.
+
+Nothing here downloads. The embedded `digits` dataset is prepared on first use
+from scikit-learn's copy; every other dataset must already be prepared as
+array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
+`DatasetNotFoundError` is raised at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from cnnjax.data import builders
+from cnnjax.data import catalog
+
+DATA_DIR_ENV = "CNNJAX_DATA_DIR"
+DEFAULT_DATA_DIR = "~/tensorflow_datasets"
+
+
+class DatasetNotFoundError(ValueError):
+  """A dataset is not prepared in the data directory; the message says how to prepare it."""
+
+
+def resolve_data_dir(data_dir: str | None = "") -> str:
+  """Returns the data directory: ``data_dir`` if non-empty, else ``$CNNJAX_DATA_DIR``,
+  else ``~/tensorflow_datasets`` (user-expanded, absolute).
+
+  Examples:
+    >>> resolve_data_dir("/data/tfds")
+    '/data/tfds'
+  """
+  chosen = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
+  return os.path.abspath(os.path.expanduser(chosen))
+
+
+def prepare_command(name: str, data_dir: str) -> str:
+  return (f"python -m cnnjax.data.prepare --dataset={name} --data_dir={data_dir} "
+          "[--from_dir=DIR_WITH_RAW_ARCHIVES]")
+
+
+@contextlib.contextmanager
+def _quiet_progress():
+  """Hides tfds's progress bars while the small digits set is written."""
+  from tensorflow_datasets.core.utils import tqdm_utils
+  was_active = getattr(tqdm_utils, "_active", True)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(was_active)
+
+
+def ensure_digits(data_dir: str) -> None:
+  """Prepares the embedded digits dataset in ``data_dir`` unless it is there already."""
+  builder = builders.Digits(data_dir=data_dir, file_format="array_record")
+  if builder.is_prepared():
+    return
+  try:
+    with _quiet_progress():
+      builder.download_and_prepare(download_config=builders.offline_download_config())
+  except Exception:
+    # Another process may have finished the same preparation first.
+    if not builders.Digits(data_dir=data_dir, file_format="array_record").is_prepared():
+      raise
+
+
+def open_splits(name: str, data_dir: str, splits=("train", "test")) -> list:
+  """Opens ``splits`` of a prepared dataset as tfds random-access data sources.
+
+  Args:
+    name: a catalog name (`cnnjax.data.catalog.DATASETS`).
+    data_dir: a resolved data directory (see `resolve_data_dir`).
+    splits: split names to open.
+
+  Returns:
+    One sequence of example dicts per split (``len`` and ``[i]``).
+
+  Raises:
+    DatasetNotFoundError: the dataset is not prepared as array_record in
+      ``data_dir``. Raised without touching the network.
+  """
+  catalog.dataset_info(name)  # Unknown names fail here with the list of known ones.
+  if name == "digits":
+    ensure_digits(data_dir)
+    builder = builders.Digits(data_dir=data_dir, file_format="array_record")
+    return [builder.as_data_source(split=s) for s in splits]
+  try:
+    # download=False and try_gcs=False: tfds only looks in data_dir. This call
+    # is also the seam tfds.testing.mock_data replaces, so tests get fake data.
+    return tfds.data_source(name, split=list(splits), data_dir=data_dir,
+                            download=False, try_gcs=False)
+  except Exception as e:  # tfds raises several types for "not there".
+    message = f"Dataset {name!r} is not prepared in {data_dir}."
+    if _has_tfrecord_copy(name, data_dir):
+      message = (f"Dataset {name!r} in {data_dir} is in tfrecord format, which needs "
+                 "TensorFlow; cnnjax reads array_record.")
+    raise DatasetNotFoundError(
+        f"{message} Prepare it with: {prepare_command(name, data_dir)}") from e
+
+
+def _has_tfrecord_copy(name: str, data_dir: str) -> bool:
+  root = os.path.join(data_dir, name)
+  if not os.path.isdir(root):
+    return False
+  for dirpath, _, filenames in os.walk(root):
+    if any(".tfrecord" in f for f in filenames):
+      return True
+  return False
+
+
+CACHE_DIRNAME = "cnnjax_arrays"
+_CHUNK = 1024
+
+
+def _prepared_dir(source, data_dir: str) -> str | None:
+  """The version directory ``source`` reads from, if it lies inside ``data_dir``.
+
+  Under `tfds.testing.mock_data` the source points elsewhere (tfds's metadata),
+  so neither the cache nor batched reads are used for fake data.
+  """
+  try:
+    path = os.path.abspath(os.fspath(source.dataset_info.data_dir))
+  except AttributeError:
+    return None
+  root = os.path.abspath(data_dir)
+  return path if path.startswith(root + os.sep) and os.path.isdir(path) else None
+
+
+def read_arrays(source, image_shape: tuple[int, int, int], *, data_dir: str = "",
+                name: str = "", split: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """Reads a whole split into memory, through a numpy cache after the first time.
+
+  Decoding PNGs through tfds runs at a few thousand images/s, so the decoded
+  arrays are saved once as ``<version dir>/cnnjax_arrays/<split>.npz`` (the
+  directory tfds prepared, so re-preparing also drops the cache). A cache whose
+  size disagrees with the source is ignored.
+
+  Args:
+    source: a data source from `open_splits`.
+    image_shape: the expected ``(H, W, C)``.
+    data_dir: the resolved data directory ("" = no cache).
+    name, split: for error messages and the cache file name.
+
+  Returns:
+    ``(images, labels)``: uint8 ``[n, H, W, C]`` and int32 ``[n]``.
+  """
+  n = len(source)
+  prepared = _prepared_dir(source, data_dir) if data_dir else None
+  cache = os.path.join(prepared, CACHE_DIRNAME, f"{split}.npz") if prepared and split else None
+  if cache and os.path.exists(cache):
+    try:
+      with np.load(cache) as f:
+        images, labels = f["images"], f["labels"]
+      if len(images) == len(labels) == n and images.shape[1:] == tuple(image_shape):
+        return images, labels
+    except (OSError, ValueError, KeyError):
+      pass  # Unreadable: rebuild it below.
+
+  images = np.empty((n, *image_shape), np.uint8)
+  labels = np.empty((n,), np.int32)
+  for start in range(0, n, _CHUNK):
+    keys = list(range(start, min(start + _CHUNK, n)))
+    # Batched reads are faster; tfds's mock data only supports item access.
+    examples = source.__getitems__(keys) if prepared else [source[i] for i in keys]
+    for i, example in zip(keys, examples):
+      image = np.asarray(example["image"])
+      if image.shape != tuple(image_shape):
+        raise ValueError(f"Dataset {name!r} split {split!r} example {i} has image shape "
+                         f"{image.shape}; expected {tuple(image_shape)}")
+      images[i] = image
+      labels[i] = int(example["label"])
+
+  if cache:
+    try:
+      os.makedirs(os.path.dirname(cache), exist_ok=True)
+      tmp = f"{cache}.{os.getpid()}.tmp.npz"
+      np.savez(tmp, images=images, labels=labels)
+      os.replace(tmp, cache)
+    except OSError:
+      pass  # A read-only data_dir only costs speed.
+  return images, labels

@@ -1,0 +1,78 @@
+"""Orbax checkpoints of the train state plus the loop's own bookkeeping.
+
+Each checkpoint holds two items: ``state`` (the TrainState pytree, saved from
+one un-replicated copy so it restores in any parallel mode and device count)
+and ``meta`` (JSON: epoch, history, best validation accuracy, ...). Orbax
+writes into a temporary directory and renames it when complete, so a crash
+never leaves a half-written checkpoint in place of the last good one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+_LOG = logging.getLogger(__name__)
+VAL_METRIC = "val_accuracy"
+
+
+class Checkpointer:
+  """Keeps the last ``keep`` checkpoints and the best one by validation accuracy."""
+
+  def __init__(self, directory: str | epath.Path, *, keep: int):
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(
+            get_metric_fn=lambda m: m[VAL_METRIC], n=1, keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy,
+        # Small states: a synchronous save is simpler and costs milliseconds.
+        enable_async_checkpointing=False,
+        cleanup_tmp_directories=True,
+    )
+    self.directory = epath.Path(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options, item_names=("state", "meta"))
+
+  def save(self, step: int, state, meta: dict[str, Any], val_accuracy: float | None = None):
+    metrics = None if val_accuracy is None else {VAL_METRIC: float(val_accuracy)}
+    self._manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=metrics,
+        force=True,
+    )
+    self._manager.wait_until_finished()
+
+  def steps(self) -> list[int]:
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, template, *, before: int | None = None):
+    """The newest checkpoint that restores, as ``(step, state, meta)``, or None.
+
+    A checkpoint that fails to restore (truncated or corrupt files) is
+    reported with a warning and the previous one is tried.
+    """
+    for step in reversed(self.steps()):
+      if before is not None and step >= before:
+        continue
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))
+      except Exception as e:  # noqa: BLE001 - any failure means "not a good checkpoint"
+        _LOG.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
+                     self.directory / str(step), type(e).__name__, str(e).splitlines()[0][:200])
+        print(f"warning: checkpoint {self.directory / str(step)} is unreadable "
+              f"({type(e).__name__}); trying the previous one", flush=True)
+        continue
+      return step, restored["state"], dict(restored["meta"])
+    return None
+
+  def close(self):
+    self._manager.close()

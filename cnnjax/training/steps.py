@@ -1,0 +1,185 @@
+"""Pure train and eval steps. Every side effect lives in `loop.py`.
+
+`train_step` and `eval_step` are written once for every parallel mode: under
+`jax.pmap` they receive ``axis_name`` and average with `lax.pmean`; under a
+sharded `jax.jit` the batch is one global array and XLA inserts the collectives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from cnnjax import optimizers
+from cnnjax.training.state import TrainState
+
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, C], labels [B]) -> [B]
+AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, image [H, W, C]) -> image
+
+
+def _example_keys(rng: jax.Array, batch_size: int, axis_name: str | None) -> jax.Array:
+  """One key per example, derived from the example's index in the *global* batch.
+
+  Keying on the global index (not the device) makes augmentation identical
+  whatever the number of devices the batch is split over.
+  """
+  offset = 0 if axis_name is None else lax.axis_index(axis_name) * batch_size
+  return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(batch_size))
+
+
+def _forward_backward(state: TrainState, params, batch_stats, images, labels, dropout_rng,
+                      loss_fn: LossFn):
+  """Loss, accuracy, gradients and new BatchNorm statistics for one (micro-)batch."""
+
+  def objective(p):
+    variables = {"params": p}
+    if batch_stats:
+      variables["batch_stats"] = batch_stats
+      logits, updates = state.apply_fn(
+          variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      new_stats = updates["batch_stats"]
+    else:
+      logits = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_rng})
+      new_stats = batch_stats
+    loss = jnp.mean(loss_fn(logits, labels))
+    return loss, (logits, new_stats)
+
+  (loss, (logits, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
+  return loss, accuracy, grads, new_stats
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    rng: jax.Array,
+    *,
+    loss_fn: LossFn,
+    augment_fn: AugmentFn | None = None,
+    microbatches: int = 1,
+    axis_name: str | None = None,
+    skip_nonfinite: bool = False,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer update on ``batch`` = {image [B, H, W, C], label [B]}.
+
+  Args:
+    state: the current train state.
+    batch: this device's share of the global batch.
+    rng: the run's root key; the step's key is ``fold_in(rng, state.step)``.
+    loss_fn: per-example loss of (logits, labels), see
+      `cnnjax.losses.for_classification`; reduced here with a plain mean.
+    augment_fn: per-example augmentation, or None.
+    microbatches: split the batch into this many equal parts whose gradients
+      are accumulated inside the step (same result for models without
+      BatchNorm; a speed lever on CPU).
+    axis_name: the `pmap` axis to average gradients and metrics over.
+    skip_nonfinite: keep the old state when the loss or a gradient is not
+      finite, and count the event.
+
+  Returns:
+    The new state and scalar metrics: loss, accuracy, grad_norm,
+    learning_rate, nonfinite (1.0 when this step's update was not finite).
+  """
+  rng = jax.random.fold_in(rng, state.step)
+  aug_rng, dropout_rng = jax.random.split(rng)
+  images, labels = batch["image"], batch["label"]
+  if augment_fn is not None:
+    keys = _example_keys(aug_rng, images.shape[0], axis_name)
+    images = jax.vmap(augment_fn)(keys, images)
+  if axis_name is not None:
+    dropout_rng = jax.random.fold_in(dropout_rng, lax.axis_index(axis_name))
+
+  if microbatches == 1:
+    loss, accuracy, grads, new_stats = _forward_backward(
+        state, state.params, state.batch_stats, images, labels, dropout_rng, loss_fn)
+  else:
+    if images.shape[0] % microbatches:
+      raise ValueError(
+          f"Per-device batch ({images.shape[0]}) must be divisible by microbatches ({microbatches})")
+    split = lambda x: x.reshape(microbatches, -1, *x.shape[1:])
+
+    def body(carry, xs):
+      grad_sum, stats, loss_sum, acc_sum = carry
+      mb_images, mb_labels, i = xs
+      loss, acc, grads, stats = _forward_backward(
+          state, state.params, stats, mb_images, mb_labels,
+          jax.random.fold_in(dropout_rng, i), loss_fn)
+      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
+      return (grad_sum, stats, loss_sum + loss, acc_sum + acc), None
+
+    zeros = jax.tree.map(jnp.zeros_like, state.params)
+    init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
+    (grad_sum, new_stats, loss_sum, acc_sum), _ = lax.scan(
+        body, init, (split(images), split(labels), jnp.arange(microbatches)))
+    grads = jax.tree.map(lambda g: g / microbatches, grad_sum)
+    loss, accuracy = loss_sum / microbatches, acc_sum / microbatches
+
+  if axis_name is not None:
+    grads = lax.pmean(grads, axis_name)
+    loss, accuracy = lax.pmean((loss, accuracy), axis_name)
+    # Under bn_sync="per_device" each device keeps its own statistics in the
+    # step; the copies are averaged so the replicated state stays identical.
+    new_stats = lax.pmean(new_stats, axis_name)
+
+  new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+  if state.ema_params is not None:
+    d = state.ema_decay
+    new_state = new_state.replace(ema_params=jax.tree.map(
+        lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_state.params))
+
+  finite = jnp.isfinite(loss) & jnp.all(
+      jnp.asarray([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  if skip_nonfinite:
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+    new_state = new_state.replace(
+        step=state.step + 1, nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
+
+  metrics = {
+      "loss": loss,
+      "accuracy": accuracy,
+      "grad_norm": optax.global_norm(grads),
+      "learning_rate": optimizers.learning_rate(state.opt_state),
+      "nonfinite": (~finite).astype(jnp.float32),
+  }
+  return new_state, metrics
+
+
+def eval_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    loss_fn: LossFn,
+    num_classes: int,
+    axis_name: str | None = None,
+) -> dict[str, jax.Array]:
+  """Summed metrics over the valid (``mask`` = 1) examples of ``batch``.
+
+  Sums, not means, so that batches (and devices) merge by addition and a
+  padded last batch counts each real example exactly once.
+
+  Returns:
+    loss_sum, correct, count, and confusion [num_classes, num_classes]
+    (rows: true label, columns: prediction).
+  """
+  variables = {"params": state.eval_params()}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  logits = state.apply_fn(variables, batch["image"], train=False)
+  labels, mask = batch["label"], batch["mask"]
+  per_example = loss_fn(logits, labels)
+  predictions = jnp.argmax(logits, -1)
+  confusion = jnp.einsum(
+      "b,bi,bj->ij", mask, jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(predictions, num_classes))
+  metrics = {
+      "loss_sum": jnp.sum(jnp.where(mask > 0, per_example, 0.0)),
+      "correct": jnp.sum(mask * (predictions == labels)),
+      "count": jnp.sum(mask),
+      "confusion": confusion,
+  }
+  if axis_name is not None:
+    metrics = lax.psum(metrics, axis_name)
+  return metrics

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# N processes on 127.0.0.1 joined by jax.distributed (CPU, gloo collectives): the
+# multi-host code path on one machine. Process 0 writes the workdir outputs.
+# Usage: launch/multiprocess_local.sh N --workdir=DIR [main.py flags ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n="${1:?usage: launch/multiprocess_local.sh N [flags...]}"; shift
+port="${JAX_COORDINATOR_PORT:-$(python -c 'import portpicker; print(portpicker.pick_unused_port())')}"
+export JAX_PLATFORMS=cpu JAX_COORDINATOR_ADDRESS="127.0.0.1:${port}" JAX_NUM_PROCESSES="${n}"
+pids=()
+for ((i = 0; i < n; i++)); do
+  JAX_PROCESS_ID="${i}" python -m experiments.main --config.distributed=True "$@" &
+  pids+=("$!")
+done
+status=0
+for pid in "${pids[@]}"; do wait "${pid}" || status=$?; done
+exit "${status}"
