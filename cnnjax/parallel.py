@@ -1,14 +1,25 @@
 """Data-parallel execution: one pure step, three ways to run it.
 
-* ``none``: `jax.jit` on one device.
-* ``pmap``: `jax.pmap` over the local devices; the step averages gradients
-  and metrics with `lax.pmean` over ``AXIS``.
-* ``sharded``: `jax.jit` over a `Mesh` of every device (all processes); the
+* ``none``: `jax.jit` on one device (one process only).
+* ``pmap``: `jax.pmap` over this process's devices; the step averages
+  gradients and metrics with `lax.pmean` over ``AXIS``, which spans the
+  devices of every process.
+* ``sharded``: `jax.jit` over a `Mesh` of every device of every process; the
   batch is split on the ``data`` axis, the state replicated, and XLA inserts
   the collectives.
+* ``auto``: ``sharded`` when there is more than one device, else ``none``.
 
 Everything that depends on the mode lives here; the steps and the loop do not
-branch on it.
+branch on it. ``bn_sync`` says what BatchNorm normalizes over: ``"global"``
+(the whole global batch, so every mode and device count computes what one
+device would on the same batch) or ``"per_device"`` (each device's share,
+"ghost batches" of ``global_batch / num_devices`` examples). See
+docs/parallel.md.
+
+Example (one process, any number of devices):
+  >>> par = Parallel("auto")
+  >>> par.mode in ("none", "sharded")
+  True
 """
 
 from __future__ import annotations
@@ -16,52 +27,103 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-AXIS = "batch"
+AXIS = "batch"       # pmap axis name (and BatchNorm's axis under pmap)
+DATA_AXIS = "data"   # mesh axis the batch is split over in sharded mode
 MODES = ("auto", "none", "pmap", "sharded")
 BN_SYNC = ("global", "per_device")
 
-# Environment variables that say "this process is one of several".
-_CLUSTER_ENV = ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
+_EXPLICIT_ENV = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID")
 
 
-def maybe_initialize_distributed(enabled: bool) -> bool:
-  """Starts JAX's distributed runtime when asked or when a cluster is detected.
+def _int_env(env: Mapping[str, str], key: str, default: int = 1) -> int:
+  value = env.get(key, "")
+  try:
+    return int(value) if value.strip() else default
+  except ValueError:
+    raise ValueError(f"environment variable {key}={value!r} is not an integer") from None
 
-  The coordinator address, process count and id come from the cluster's own
-  environment (SLURM, Open MPI, TPU pods) or from ``JAX_COORDINATOR_ADDRESS``,
-  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``. Must run before any other JAX
-  call. Returns whether the runtime was initialised.
+
+def detect_cluster(env: Mapping[str, str] | None = None) -> str | None:
+  """The kind of multi-process launch described by ``env``, or None for a lone process.
+
+  Returns ``"explicit"`` (``JAX_COORDINATOR_ADDRESS`` is set), ``"slurm"``
+  (``SLURM_NTASKS`` > 1 inside a job step), ``"openmpi"``
+  (``OMPI_COMM_WORLD_SIZE`` > 1), ``"tpu_pod"`` (more than one host in
+  ``TPU_WORKER_HOSTNAMES``, or a multislice ``MEGASCALE_COORDINATOR_ADDRESS``),
+  or None. A single-task SLURM job or a single-host TPU VM is a lone process.
+
+  Example:
+    >>> detect_cluster({"SLURM_NTASKS": "16", "SLURM_PROCID": "3", "SLURM_JOB_ID": "7"})
+    'slurm'
+    >>> detect_cluster({"SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_JOB_ID": "7"}) is None
+    True
   """
-  detected = any(int(os.environ.get(k, "1") or 1) > 1 if k.endswith(("NTASKS", "SIZE"))
-                 else bool(os.environ.get(k)) for k in _CLUSTER_ENV)
-  explicit = "JAX_COORDINATOR_ADDRESS" in os.environ
-  if not (enabled or detected or explicit):
+  env = os.environ if env is None else env
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "explicit"
+  if "SLURM_JOB_ID" in env and "SLURM_PROCID" in env and _int_env(env, "SLURM_NTASKS") > 1:
+    return "slurm"
+  if _int_env(env, "OMPI_COMM_WORLD_SIZE") > 1:
+    return "openmpi"
+  hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+  if len(hosts) > 1 or env.get("MEGASCALE_COORDINATOR_ADDRESS"):
+    return "tpu_pod"
+  return None
+
+
+def maybe_initialize_distributed(enabled: bool, env: Mapping[str, str] | None = None) -> bool:
+  """Starts JAX's multi-process runtime when asked to or when a cluster launched us.
+
+  Must run before any other JAX call that touches devices. The coordinator
+  address, process count and id come from ``JAX_COORDINATOR_ADDRESS``,
+  ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` when set, else from the
+  cluster's own environment (SLURM, Open MPI, TPU pods: jax detects them).
+  CPU processes exchange collectives over gloo, which ships with jaxlib.
+
+  Args:
+    enabled: ``config.distributed``; True initialises even when no cluster is
+      detected (jax then auto-detects, and fails loudly if it cannot).
+    env: the environment to read (default ``os.environ``).
+
+  Returns:
+    Whether the runtime is (now) initialised.
+
+  Raises:
+    ValueError: ``JAX_COORDINATOR_ADDRESS`` is set without
+      ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (or they are not integers).
+  """
+  env = os.environ if env is None else env
+  kind = detect_cluster(env)
+  if not (enabled or kind):
     return False
-  if jax.config.jax_platforms in (None, "", "cpu") and not _has_accelerator_env():
-    # Cross-process collectives on CPU need an implementation; gloo ships with jaxlib.
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  kwargs = {}
-  if explicit:
-    kwargs = dict(coordinator_address=os.environ["JAX_COORDINATOR_ADDRESS"],
-                  num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                  process_id=int(os.environ["JAX_PROCESS_ID"]))
+  if jax.distributed.is_initialized():
+    return True
+  kwargs: dict[str, Any] = {}
+  if kind == "explicit":
+    missing = [k for k in _EXPLICIT_ENV if not env.get(k)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {', '.join(missing)} is not; set all "
+                       f"of {', '.join(_EXPLICIT_ENV)}")
+    kwargs = dict(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                  num_processes=_int_env(env, "JAX_NUM_PROCESSES"),
+                  process_id=_int_env(env, "JAX_PROCESS_ID", 0))
+  # Only the CPU backend reads this; without it cross-process CPU collectives
+  # fail at the first step ("no CPU collectives implementation").
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
   return True
 
 
-def _has_accelerator_env() -> bool:
-  return bool(os.environ.get("CUDA_VISIBLE_DEVICES") or os.environ.get("TPU_WORKER_HOSTNAMES"))
-
-
 def resolve_mode(mode: str) -> str:
+  """``mode`` with ``auto`` replaced by what it means on the visible devices."""
   if mode not in MODES:
     raise ValueError(f"parallel={mode!r} is not a parallel mode; expected one of {list(MODES)}")
   if mode == "auto":
@@ -69,9 +131,20 @@ def resolve_mode(mode: str) -> str:
   return mode
 
 
+def _global_devices() -> list:
+  # Process-major order: process p's devices hold rows p*b:(p+1)*b of the
+  # global batch, the rows `Dataset.train_batches` gives process p.
+  return sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+
+
 @dataclasses.dataclass
 class Parallel:
-  """How a run places its state and batches and compiles its steps."""
+  """How a run places its state and batches and compiles its steps.
+
+  Attributes:
+    mode: one of `MODES` (``auto`` is resolved on construction).
+    bn_sync: one of `BN_SYNC`.
+  """
 
   mode: str
   bn_sync: str = "global"
@@ -80,15 +153,21 @@ class Parallel:
     self.mode = resolve_mode(self.mode)
     if self.bn_sync not in BN_SYNC:
       raise ValueError(f"bn_sync={self.bn_sync!r} is not accepted; expected one of {list(BN_SYNC)}")
+    if self.mode == "none" and jax.process_count() > 1:
+      raise ValueError(f"parallel='none' trains on one device but this run has "
+                       f"{jax.process_count()} processes; use parallel='sharded' (or 'auto')")
     if self.mode == "none":
       self.devices = jax.local_devices()[:1]
     elif self.mode == "pmap":
       self.devices = jax.local_devices()
     else:
-      self.devices = jax.devices()
-      self.mesh = Mesh(np.asarray(self.devices), ("data",))
-      self._replicated = NamedSharding(self.mesh, P())
-      self._data = NamedSharding(self.mesh, P("data"))
+      self.devices = _global_devices()
+    # Every mode keeps a replicated sharding over all devices: sharded mode
+    # uses it for the state, the others for multi-process checkpoints.
+    self.mesh = Mesh(np.asarray(_global_devices() if self.mode != "none" else self.devices),
+                     (DATA_AXIS,))
+    self._replicated = NamedSharding(self.mesh, P())
+    self._data = NamedSharding(self.mesh, P(DATA_AXIS))
 
   @property
   def num_devices(self) -> int:
@@ -101,17 +180,26 @@ class Parallel:
 
   @property
   def is_main_process(self) -> bool:
+    """Whether this process writes the run's files (process 0)."""
     return jax.process_index() == 0
 
   def check_batch_size(self, batch_size: int, key: str = "batch_size") -> None:
-    n = self.num_devices * (1 if self.mode != "none" else jax.process_count())
+    """Raises ValueError unless ``batch_size`` splits evenly over the devices."""
+    n = self.num_devices
     if batch_size % n:
       raise ValueError(
           f"{key}={batch_size} must be divisible by the number of devices ({n}) in parallel mode "
-          f"{self.mode!r}")
+          f"{self.mode!r}; use a multiple of {n}")
 
   def model_kwargs(self) -> dict[str, Any]:
-    """BatchNorm settings that make ``bn_sync`` true in this mode."""
+    """BatchNorm settings that make ``bn_sync`` true in this mode.
+
+    pmap: each device sees its share only, so ``global`` needs a cross-device
+    mean (``bn_axis_name``) and ``per_device`` is what it does anyway.
+    sharded: the step sees the global batch, so ``global`` is what it does
+    anyway and ``per_device`` needs one ghost batch per device, cut in the
+    same contiguous blocks as the ``data`` sharding.
+    """
     if self.mode == "pmap" and self.bn_sync == "global":
       return {"bn_axis_name": AXIS}
     if self.mode == "sharded" and self.bn_sync == "per_device" and self.num_devices > 1:
@@ -130,6 +218,7 @@ class Parallel:
                    out_shardings=(self._replicated, self._replicated), donate_argnums=0)
 
   def compile_eval(self, step: Callable) -> Callable:
+    """``step(state, batch, *, axis_name)`` compiled for this mode; outputs are global sums."""
     if self.mode == "none":
       return jax.jit(step)
     if self.mode == "pmap":
@@ -138,18 +227,41 @@ class Parallel:
                    out_shardings=self._replicated)
 
   # Placement.
+  def _replicate_global(self, tree):
+    """Host values (equal on every process) as arrays replicated on every device.
+
+    Built from each process's own copy, so it works when the mesh spans
+    devices this process cannot address (where ``jax.device_put`` of a local
+    array would need a cross-process transfer).
+    """
+    def put(x):
+      host = np.asarray(jax.device_get(x))
+      return jax.make_array_from_callback(host.shape, self._replicated, lambda idx: host[idx])
+    return jax.tree.map(put, tree)
+
   def put_state(self, state):
+    """``state`` (one host or single-device copy) placed for the compiled steps."""
     if self.mode == "none":
       return jax.device_put(state, self.devices[0])
     if self.mode == "pmap":
       n = len(self.devices)
-      return jax.tree.map(lambda x: jnp.stack([jnp.asarray(x)] * n), state)
-    return jax.device_put(state, self._replicated)
+      stacked = jax.tree.map(
+          lambda x: np.broadcast_to(np.asarray(jax.device_get(x)), (n, *np.shape(x))), state)
+      # One identity pmap places every leaf on its device (one compile).
+      return jax.pmap(lambda t: t, devices=self.devices)(stacked)
+    return self._replicate_global(state)
 
   def get_state(self, state):
-    """A single, un-replicated copy of the state (for checkpoints and eval on host)."""
+    """One un-replicated copy of the state, restorable in any mode and device count.
+
+    With several processes the copy is an array replicated over every device
+    (the form orbax saves collectively, each process writing its part once);
+    with one process it is a plain single-device array.
+    """
     if self.mode == "pmap":
-      return jax.tree.map(lambda x: x[0], state)
+      state = jax.tree.map(lambda x: x.addressable_data(0), state)
+      if jax.process_count() > 1:
+        state = self._replicate_global(state)
     return state
 
   def put_batch(self, batch: dict[str, np.ndarray]):
@@ -161,9 +273,26 @@ class Parallel:
       return {k: v.reshape(n, v.shape[0] // n, *v.shape[1:]) for k, v in batch.items()}
     return {k: jax.make_array_from_process_local_data(self._data, v) for k, v in batch.items()}
 
-  def fetch(self, metrics) -> dict[str, Any]:
-    """Metrics to host numpy; the only place the host waits for the devices."""
-    metrics = jax.device_get(metrics)
-    if self.mode == "pmap":
-      metrics = jax.tree.map(lambda x: x[0], metrics)
-    return metrics
+  def fetch(self, tree) -> Any:
+    """Step outputs (metrics, eval sums) to host numpy; where the host waits for the devices.
+
+    Outputs are identical on every device (pmean/psum in pmap, replicated
+    out_shardings in sharded mode), so one addressable copy is the value, even
+    when the array spans other processes' devices.
+    """
+    def one(x):
+      if self.mode == "pmap":
+        return np.asarray(x.addressable_data(0))
+      if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+          return np.asarray(x.addressable_data(0))
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+      return np.asarray(x)
+    return jax.tree.map(one, tree)
+
+  def any_process(self, flag: bool) -> bool:
+    """True when ``flag`` is true on any process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+      return bool(flag)
+    flags = multihost_utils.process_allgather(np.asarray([int(bool(flag))], np.int32))
+    return bool(np.max(flags))

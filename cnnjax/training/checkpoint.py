@@ -10,7 +10,11 @@ never leaves a half-written checkpoint in place of the last good one.
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from typing import Any
+
+import jax
 
 import orbax.checkpoint as ocp
 from etils import epath
@@ -31,8 +35,9 @@ class Checkpointer:
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
-        # Small states: a synchronous save is simpler and costs milliseconds.
-        enable_async_checkpointing=False,
+        # Writing happens in a background thread after the arrays are copied to
+        # host memory, so training continues while the files are written.
+        enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
     )
     self.directory = epath.Path(directory)
@@ -47,9 +52,13 @@ class Checkpointer:
         metrics=metrics,
         force=True,
     )
+
+  def wait(self):
+    """Blocks until every started save is committed on disk."""
     self._manager.wait_until_finished()
 
   def steps(self) -> list[int]:
+    self._manager.wait_until_finished()
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
@@ -57,8 +66,12 @@ class Checkpointer:
     """The newest checkpoint that restores, as ``(step, state, meta)``, or None.
 
     A checkpoint that fails to restore (truncated or corrupt files) is
-    reported with a warning and the previous one is tried.
+    reported with a warning and the previous one is tried. Once a good one is
+    found, the unreadable newer ones are moved to ``<directory>.unreadable/``
+    (kept for inspection, never deleted): the resumed run passes their steps
+    again and must be able to save there.
     """
+    unreadable = []
     for step in reversed(self.steps()):
       if before is not None and step >= before:
         continue
@@ -69,10 +82,26 @@ class Checkpointer:
         _LOG.warning("checkpoint %s is unreadable (%s: %s); trying the previous one",
                      self.directory / str(step), type(e).__name__, str(e).splitlines()[0][:200])
         print(f"warning: checkpoint {self.directory / str(step)} is unreadable "
-              f"({type(e).__name__}); trying the previous one", flush=True)
+              f"({type(e).__name__}); trying the previous one", file=sys.stderr, flush=True)
+        unreadable.append(step)
         continue
+      self._set_aside(unreadable)
       return step, restored["state"], dict(restored["meta"])
+    self._set_aside(unreadable)
     return None
 
+  def _set_aside(self, steps: list[int]) -> None:
+    if not steps or jax.process_index() != 0:
+      return
+    aside = epath.Path(str(self.directory) + ".unreadable")
+    aside.mkdir(parents=True, exist_ok=True)
+    for step in steps:
+      target = aside / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+      (self.directory / str(step)).rename(target)
+      print(f"warning: moved unreadable checkpoint {self.directory / str(step)} to {target}",
+            file=sys.stderr, flush=True)
+    self._manager.reload()
+
   def close(self):
+    self._manager.wait_until_finished()
     self._manager.close()

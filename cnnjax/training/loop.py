@@ -8,6 +8,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ from cnnjax.models import get_model
 from cnnjax.training import manifest as manifest_lib
 from cnnjax.training import steps as steps_lib
 from cnnjax.training.checkpoint import Checkpointer
-from cnnjax.training.state import TrainState, create_train_state, num_params
+from cnnjax.training.state import TrainState, create_train_state, num_params, run_keys
 from cnnjax.training.validation import validate_config, validate_workdir
 
 
@@ -34,8 +35,12 @@ class RunError(RuntimeError):
   """A run that cannot start or continue; the message is one line for the user."""
 
 
-class Interrupted(Exception):
-  """Raised after a clean stop on SIGTERM/SIGINT; carries the exit code."""
+class Interrupted(BaseException):
+  """Raised after a clean stop on SIGTERM/SIGINT; carries the exit code.
+
+  A BaseException, like KeyboardInterrupt, so that library code catching
+  ``Exception`` while it is raised (from a signal handler) cannot swallow it.
+  """
 
   def __init__(self, message: str, exit_code: int):
     super().__init__(message)
@@ -49,13 +54,17 @@ class Diverged(Exception):
 # Keys that change how a run is displayed, not what it computes: a resumed
 # run may change them freely.
 _PRESENTATION_KEYS = {"progress", "log_every_steps"}
+# Keys that say where a run executes, not what it computes: a checkpoint
+# restores in any parallel mode and device count (docs/parallel.md). bn_sync is
+# not among them: it changes what BatchNorm normalizes over.
+_PLACEMENT_KEYS = {"parallel", "distributed"}
 
 
 def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
   keys = []
   for k in sorted(set(old) | set(new)):
     path = f"{prefix}{k}"
-    if path in _PRESENTATION_KEYS:
+    if path in _PRESENTATION_KEYS or path in _PLACEMENT_KEYS:
       continue
     a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
     if isinstance(a, dict) and isinstance(b, dict):
@@ -75,6 +84,9 @@ class _Signals:
   """First SIGINT/SIGTERM asks the loop to stop after the current step; a second exits at once."""
 
   received: int | None = None
+  # Until the first step there is nothing to save, so a signal stops the run
+  # at once instead of waiting for data loading and compilation to finish.
+  training: bool = False
 
   def install(self):
     if threading_is_main():
@@ -84,6 +96,9 @@ class _Signals:
     if self.received is not None:
       os._exit(128 + signum)
     self.received = signum
+    if not self.training:
+      raise Interrupted(f"interrupted by {signal.Signals(signum).name} before training started; "
+                        "nothing to save, rerun the same command to start again", 128 + signum)
     print(f"\nreceived {signal.Signals(signum).name}: stopping after this step "
           "(send it again to exit at once)", flush=True)
 
@@ -140,7 +155,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         summary["reprinted"] = True
         return summary
   validate_workdir(workdir)
+  signals = _Signals()
+  signals.install()
+  try:
+    return _train(config, workdir, resolved, par, signals, config_path, summary_path)
+  finally:
+    signals.restore()
 
+
+def _train(config, workdir, resolved, par, signals, config_path, summary_path) -> dict[str, Any]:
+  """The body of `train_and_evaluate` once the config and workdir are accepted."""
+  main = par.is_main_process
   data = load_data(config)
   info = data.info
   par.check_batch_size(config.batch_size)
@@ -157,8 +182,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   tx = optimizers.make_optimizer(config.optimizer, total_steps)
   skip = config.on_nonfinite == "skip"
 
-  root = jax.random.key(config.seed)
-  init_rng, train_rng = jax.random.split(root)
+  init_rng, train_rng = run_keys(config.seed)
   state = create_train_state(init_rng, model, tx, info.image_shape,
                              ema_decay=config.optimizer.ema_decay)
   template = state
@@ -185,7 +209,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   restored = checkpointer.restore_latest(template)
   if restored is not None:
     step, state, meta = restored
-    progress.message(f"resuming from step {step} of {total_steps} ({workdir})")
+    if main:
+      # Said even with progress="none": a resumed run must never look like a fresh one.
+      print(f"resuming from step {step} of {total_steps} ({workdir})", file=sys.stderr, flush=True)
     writer.truncate_after(step)
 
   state = par.put_state(state)
@@ -213,8 +239,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   def save(val_accuracy=None):
     checkpointer.save(step, par.get_state(state), meta, val_accuracy)
 
-  signals = _Signals()
-  signals.install()
+  signals.training = True
   pending: list[Any] = []   # device metrics of steps not yet fetched
   last_log: dict[str, float] = {}
   consecutive_nonfinite = 0
@@ -280,19 +305,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                           "learning_rate": last_log.get("learning_rate"),
                           "grad_norm": last_log.get("grad_norm")})
             progress.update(step, epoch, last_log)
-          if signals.received is not None:
+          epoch_end = step >= total_steps or step % steps_per_epoch == 0
+          # At an epoch's last step the interrupt waits for the epoch-end
+          # checkpoint below, so every checkpoint at such a step has its epoch
+          # closed (history, validation) and one step is never saved twice.
+          if signals.received is not None and not epoch_end:
             flush()
             meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
             save()
-            raise Interrupted(
-                f"interrupted by {signal.Signals(signals.received).name} at step {step} of "
-                f"{total_steps}; checkpoint saved, rerun the same command to resume",
-                128 + signals.received)
-          if config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0:
+            raise _interrupted(signals.received, step, total_steps)
+          if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
+              and not epoch_end):
             flush()
             meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
             save()
-          if step >= total_steps or step % steps_per_epoch == 0:
+          if epoch_end:
             break
         flush()
       except _NonFinite as nf:
@@ -309,6 +336,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         if rollbacks > config.max_consecutive_nonfinite:
           raise Diverged(f"training diverged: non-finite {nf.metric} at step {nf.step} after "
                          f"{rollbacks - 1} rollbacks (on_nonfinite='rollback')")
+        # The scale compounds over rollbacks, also when two of them return to
+        # the same checkpoint (whose meta holds the scale it was saved with).
+        lr_scale = meta.get("lr_scale", 1.0) * config.rollback_lr_factor
         back = checkpointer.restore_latest(template)
         events = meta["events"]
         if back is None:
@@ -317,9 +347,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         else:
           step, state, meta = back
         meta["events"] = events
-        meta["lr_scale"] = meta.get("lr_scale", 1.0) * config.rollback_lr_factor
-        state = state.replace(opt_state=optimizers.scale_learning_rate(
-            state.opt_state, meta["lr_scale"]))
+        meta["lr_scale"] = lr_scale
+        state = state.replace(opt_state=optimizers.set_learning_rate_scale(
+            state.opt_state, lr_scale))
         state = par.put_state(state)
         pending.clear()
         consecutive_nonfinite = 0
@@ -347,6 +377,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
       meta["history"].append(record)
       meta["train_seconds"] = train_seconds
       save(val_acc)
+      if signals.received is not None:
+        raise _interrupted(signals.received, step, total_steps)
       if val_acc is not None:
         progress.message(f"epoch {epoch}/{num_epochs}: train loss {record['train_loss']:.4f} "
                          f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
@@ -360,9 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     meta.setdefault("events", []).append({"event": "stopped", "reason": str(e)})
     raise
   finally:
-    signals.restore()
     progress.close()
-    if status != "running" and main:
+    # Every process builds the summary and takes part in the test evaluation
+    # (a collective with several processes); only the main process writes.
+    if status != "running":
       summary = _summary(
           status=status, config=config, meta=meta, step=step, total_steps=total_steps,
           steps_per_epoch=steps_per_epoch, compile_seconds=compile_seconds,
@@ -371,6 +404,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         test = evaluate("test")
         summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
                        test_examples=test["count"])
+    if status != "running" and main:
+      if status == "completed":
         writer.write({"step": step, "epoch": num_epochs, "split": "test",
                       "loss": test["loss"], "accuracy": test["accuracy"]})
         reporting.plot_confusion_matrix(
@@ -384,6 +419,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     writer.close()
     checkpointer.close()
   return summary
+
+
+def _interrupted(signum: int, step: int, total_steps: int) -> Interrupted:
+  return Interrupted(
+      f"interrupted by {signal.Signals(signum).name} at step {step} of {total_steps}; "
+      "checkpoint saved, rerun the same command to resume", 128 + signum)
 
 
 class _NonFinite(Exception):

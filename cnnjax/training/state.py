@@ -30,6 +30,17 @@ class TrainState(train_state.TrainState):
     return self.params if self.ema_params is None else self.ema_params
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
+  """The two root keys of a run: one initialises the parameters, one drives training.
+
+  Initialisation uses the "rbg" generator: on CPU its compiled init is ~3x
+  cheaper to build than threefry's, which dominates start-up on small models.
+  Training keeps threefry, whose values do not depend on how the computation is
+  sharded, so results stay the same on any number of devices.
+  """
+  return jax.random.key(seed, impl="rbg"), jax.random.key(seed)
+
+
 def create_train_state(
     rng: jax.Array,
     model: nn.Module,
@@ -40,20 +51,24 @@ def create_train_state(
 ) -> TrainState:
   """Initialises ``model`` on a dummy batch of ``input_shape`` (H, W, C).
 
-  Initialisation runs un-jitted: on CPU a jitted init of a small CNN costs
-  seconds of compilation for a function called once.
+  Parameters and optimizer state are built in one jitted call: run eagerly,
+  every initializer and optimizer-state op would be compiled on its own, which
+  costs more than compiling them together once.
   """
-  variables = model.init(
-      {"params": rng, "dropout": rng}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-  params = variables["params"]
-  return TrainState.create(
-      apply_fn=model.apply,
-      params=params,
-      tx=tx,
-      batch_stats=variables.get("batch_stats", {}),
-      ema_params=jax.tree.map(jnp.copy, params) if ema_decay > 0 else None,
-      ema_decay=float(ema_decay),
-  )
+
+  @jax.jit
+  def init(key):
+    variables = model.init(
+        {"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
+    params = variables["params"]
+    return (params, variables.get("batch_stats", {}), tx.init(params),
+            params if ema_decay > 0 else None)
+
+  params, batch_stats, opt_state, ema_params = init(rng)
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+      opt_state=opt_state, batch_stats=batch_stats, ema_params=ema_params,
+      ema_decay=float(ema_decay), nonfinite_count=jnp.zeros((), jnp.int32))
 
 
 def num_params(params) -> int:

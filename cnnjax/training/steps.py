@@ -141,8 +141,10 @@ def train_step(
   metrics = {
       "loss": loss,
       "accuracy": accuracy,
-      "grad_norm": optax.global_norm(grads),
-      "learning_rate": optimizers.learning_rate(state.opt_state),
+      "grad_norm": optax.tree.norm(grads),
+      # NaN for a hand-made optax chain, which does not expose its rate.
+      "learning_rate": (optimizers.learning_rate(state.opt_state)
+                        if optimizers.has_learning_rate(state.opt_state) else jnp.nan),
       "nonfinite": (~finite).astype(jnp.float32),
   }
   return new_state, metrics

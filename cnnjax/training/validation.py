@@ -13,7 +13,23 @@ import ml_collections
 from cnnjax import losses as losses_lib
 from cnnjax import optimizers
 from cnnjax import parallel as parallel_lib
-from cnnjax.data.catalog import DATASETS, dataset_info
+
+def _catalog():
+  """`cnnjax.data.catalog`, without importing the data pipeline when it is not loaded yet.
+
+  The package's __init__ pulls in tensorflow_datasets and grain (seconds of
+  import); the catalog itself is plain Python, and a typo should fail fast.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  if "cnnjax.data.catalog" in sys.modules:
+    return sys.modules["cnnjax.data.catalog"]
+  path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "catalog.py")
+  spec = importlib.util.spec_from_file_location("cnnjax_catalog_for_validation", path)
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up while decorating
+  spec.loader.exec_module(module)
+  return module
 
 DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip", "rollback")
@@ -54,7 +70,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if unknown:
     raise ValueError(f"unknown config key(s) {unknown}; see experiments/configs/base.py for the "
                      "accepted keys")
-  _choice("dataset", config.dataset, DATASETS)
+  catalog = _catalog()
+  _choice("dataset", config.dataset, catalog.DATASETS)
   from cnnjax.models import MODELS  # pylint: disable=g-import-not-at-top
   _choice("model", config.model, MODELS)
   _choice("dtype", config.dtype, DTYPES)
@@ -89,7 +106,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
          "expected degrees in [0, 180]")
   _check(0.0 <= a.scale < 1.0, "augment.scale", a.scale, "expected a fraction in [0, 1)")
 
-  info = dataset_info(config.dataset)
+  info = catalog.dataset_info(config.dataset)
   options = {k: v for k, v in config.loss.items() if k != "name"}
   losses_lib.for_classification(config.loss.name, num_classes=info.num_classes, **options)
   optimizers.validate(config.optimizer)

@@ -52,18 +52,18 @@ def get_config() -> ml_collections.ConfigDict:
       eps=config_dict.placeholder(float),
       schedule="constant",    # constant | cosine | warmup_cosine | step | exponential |
                               # linear | onecycle | cosine_restarts
-      warmup_steps=0,
+      warmup_steps=0,         # linear warmup from 0, in optimizer updates
       end_learning_rate_factor=0.0,  # final lr = factor * lr (cosine, linear, exponential)
       step_boundaries=(0.5, 0.75),   # fractions of training (step schedule)
       step_factor=0.1,
-      restart_period_fraction=0.25,  # cosine_restarts: one cycle as a fraction of training
-      weight_decay=0.0,       # decoupled, masked off biases and normalization scales
-      l2=0.0,                 # coupled: 0.5 * l2 * ||w||^2 added to the loss
+      restart_period_fraction=0.25,  # cosine_restarts: cycle length / training (whole cycles)
+      weight_decay=config_dict.placeholder(float),   # decoupled, kernels; None = optimizer default
+      l2=0.0,                 # coupled: 0.5 * l2 * ||w||^2 added to the loss (kernels only)
       clip_global_norm=0.0,   # 0 = off
       clip_value=0.0,         # 0 = off
-      grad_accum_steps=1,
+      grad_accum_steps=1,     # average k micro-batch gradients per update
       ema_decay=0.0,          # > 0: evaluate with an EMA of the parameters
-      skip_nonfinite=False,
+      skip_nonfinite=False,   # skip updates with a NaN/inf gradient (counted in the state)
   ))
 
   # Devices.
