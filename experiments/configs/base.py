@@ -39,7 +39,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Loss: `name` plus only the options that loss accepts (see README, "Losses").
   c.loss = ml_collections.ConfigDict(dict(
       name="sparse_categorical_cross_entropy",
-      label_smoothing=0.0,
+      label_smoothing=config_dict.placeholder(float),  # None = the loss's default (0)
   ))
 
   # Optimizer (see README, "Optimizers").
