@@ -1,0 +1,230 @@
+"""The small CNNs of the source tutorials, LeNet-5, and the BatchNorm digits CNN.
+
+All take NHWC images and return float32 logits [batch, num_classes] (no softmax:
+the losses apply it). Layer names follow the source descriptions (conv1, pool1,
+fc1, ...) so the layer table of `experiments/inspect.py` reads like them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.models import layers
+from cnnjax.models.layers import Dtype
+
+
+def resolve_dropout(rate: float | None, default: float, model: str) -> float:
+  """Returns ``default`` when ``rate`` is None, else ``rate`` after range checking."""
+  rate = default if rate is None else float(rate)
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"{model}: dropout_rate must be in [0, 1), got {rate}")
+  return rate
+
+
+def classifier_dropout(x: jax.Array, rate: float, train: bool, name: str = "dropout"):
+  """Dropout (rng stream 'dropout') when ``rate > 0``; identity otherwise."""
+  if rate > 0:
+    x = nn.Dropout(rate, deterministic=not train, name=name)(x)
+  return x
+
+
+class SimpleCNN(nn.Module):
+  """The source's PyTorch-style CNN (designed for 32x32x3).
+
+  Conv(16, 3x3, pad 1) ReLU MaxPool2 -> Conv(32, 3x3, pad 1) ReLU MaxPool2 ->
+  Flatten -> Dense(256) ReLU -> Dense(num_classes). No dropout in the
+  definition: ``dropout_rate > 0`` adds dropout before the last Dense.
+  Needs H, W >= 4 (two 2x2 valid pools). 532,202 parameters on 32x32x3.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> model = SimpleCNN(num_classes=10)
+    >>> x = jnp.zeros((2, 32, 32, 3))
+    >>> variables = model.init(jax.random.key(0), x, train=False)
+    >>> model.apply(variables, x, train=False).shape
+    (2, 10)
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
+    layers.check_min_size(x, 4, "simple_cnn", "two 2x2 valid max pools")
+    rate = resolve_dropout(self.dropout_rate, 0.0, "simple_cnn")
+    dt = self.dtype
+    x = layers.Conv(16, (3, 3), padding=1, dtype=dt, name="conv1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPool((2, 2), name="pool1")(x)
+    x = layers.Conv(32, (3, 3), padding=1, dtype=dt, name="conv2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.MaxPool((2, 2), name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, dtype=dt, name="fc1")(x)
+    x = layers.ReLU(name="relu3")(x)
+    x = classifier_dropout(x, rate, train)
+    x = layers.Dense(self.num_classes, dtype=dt, name="fc2")(x)
+    return x.astype(jnp.float32)
+
+
+class KerasCifarCNN(nn.Module):
+  """The TensorFlow CNN tutorial's CIFAR-10 model.
+
+  Conv(32, 3x3, valid) ReLU MaxPool2 -> Conv(64, 3x3, valid) ReLU MaxPool2 ->
+  Conv(64, 3x3, valid) ReLU -> Flatten -> Dense(64) ReLU -> Dense(num_classes).
+  122,570 parameters on 32x32x3 (the tutorial's ``model.summary()``).
+
+  Minimum input 18x18: the spatial size goes H -> H-2 -> (H-2)//2 -> that-2 ->
+  //2 -> that-2, and the last must be >= 1, i.e. (((H-2)//2 - 2)//2) >= 3,
+  (H-2)//2 >= 8, H >= 18. So 8x8 inputs are refused; 28x28 and 32x32 work.
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
+    layers.check_min_size(
+        x, 18, "keras_cifar_cnn", "three valid 3x3 convs and two 2x2 valid max pools")
+    rate = resolve_dropout(self.dropout_rate, 0.0, "keras_cifar_cnn")
+    dt = self.dtype
+    x = layers.Conv(32, (3, 3), padding="VALID", dtype=dt, name="conv1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPool((2, 2), name="pool1")(x)
+    x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.MaxPool((2, 2), name="pool2")(x)
+    x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv3")(x)
+    x = layers.ReLU(name="relu3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(64, dtype=dt, name="fc1")(x)
+    x = layers.ReLU(name="relu4")(x)
+    x = classifier_dropout(x, rate, train)
+    x = layers.Dense(self.num_classes, dtype=dt, name="fc2")(x)
+    return x.astype(jnp.float32)
+
+
+class MnistCNN(nn.Module):
+  """The source's MNIST model (TensorFlow "Deep MNIST" architecture).
+
+  Conv(32, 5x5, same) ReLU MaxPool2(same) -> Conv(64, 5x5, same) ReLU
+  MaxPool2(same) -> Flatten -> Dense(1024) ReLU -> Dropout(0.5) ->
+  Dense(num_classes). 'same' pooling rounds up (ceil(H/2)), so any H >= 1
+  works; 3,274,634 parameters on 28x28x1.
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None  # None = 0.5, the source's value
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
+    layers.check_image_batch(x, "mnist_cnn")
+    rate = resolve_dropout(self.dropout_rate, 0.5, "mnist_cnn")
+    dt = self.dtype
+    x = layers.Conv(32, (5, 5), padding="SAME", dtype=dt, name="conv1")(x)
+    x = layers.ReLU(name="relu1")(x)
+    x = layers.MaxPool((2, 2), padding="SAME", name="pool1")(x)
+    x = layers.Conv(64, (5, 5), padding="SAME", dtype=dt, name="conv2")(x)
+    x = layers.ReLU(name="relu2")(x)
+    x = layers.MaxPool((2, 2), padding="SAME", name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(1024, dtype=dt, name="fc1")(x)
+    x = layers.ReLU(name="relu3")(x)
+    x = classifier_dropout(x, rate, train)
+    x = layers.Dense(self.num_classes, dtype=dt, name="fc2")(x)
+    return x.astype(jnp.float32)
+
+
+class LeNet5(nn.Module):
+  """LeNet-5 (LeCun et al. 1998) in its common modern form.
+
+  Conv(6, 5x5, pad 2) tanh AvgPool2 -> Conv(16, 5x5, valid) tanh AvgPool2 ->
+  Flatten -> Dense(120) tanh -> Dense(84) tanh -> Dense(num_classes).
+  The first conv pads by 2 so a 28x28 MNIST digit gives the paper's 28x28 C1
+  map (the paper padded the digits to 32x32 instead); on 28x28x1 this is the
+  classic 61,706-parameter network. Simplifications versus the paper: plain
+  average pooling instead of trainable subsampling, full C3 connectivity, a
+  dense output instead of RBF units. Minimum input 12x12: H -> H//2 -> H//2-4
+  -> //2 >= 1 needs H//2 >= 6.
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
+    layers.check_min_size(
+        x, 12, "lenet5", "a padded 5x5 conv, a 2x2 pool, a valid 5x5 conv and a 2x2 pool")
+    rate = resolve_dropout(self.dropout_rate, 0.0, "lenet5")
+    dt = self.dtype
+    x = layers.Conv(6, (5, 5), padding=2, dtype=dt, name="conv1")(x)
+    x = layers.Tanh(name="tanh1")(x)
+    x = layers.AvgPool((2, 2), name="pool1")(x)
+    x = layers.Conv(16, (5, 5), padding="VALID", dtype=dt, name="conv2")(x)
+    x = layers.Tanh(name="tanh2")(x)
+    x = layers.AvgPool((2, 2), name="pool2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(120, dtype=dt, name="fc1")(x)
+    x = layers.Tanh(name="tanh3")(x)
+    x = layers.Dense(84, dtype=dt, name="fc2")(x)
+    x = layers.Tanh(name="tanh4")(x)
+    x = classifier_dropout(x, rate, train)
+    x = layers.Dense(self.num_classes, dtype=dt, name="fc3")(x)
+    return x.astype(jnp.float32)
+
+
+class BNCNN(nn.Module):
+  """The default digits model: stages of [3x3 conv, BatchNorm, ReLU] x k + 2x2 max pool.
+
+  With the defaults (``widths=(32, 64)``, ``convs_per_stage=2``): two 3x3
+  conv-32 with BatchNorm+ReLU, 2x2 max pool, two 3x3 conv-64 with
+  BatchNorm+ReLU, 2x2 max pool, flatten, Dense(num_classes): 67,754 parameters
+  on 8x8x1. Convs have no bias (the BatchNorm shift replaces it). Needs H, W >=
+  2 ** len(widths) (one 2x2 valid pool per stage).
+
+  Attributes:
+    num_classes: output logits.
+    dtype: compute dtype (parameters stay float32).
+    dropout_rate: None/0 = none; > 0 adds dropout before the Dense.
+    bn_axis_name: pmap/shard_map axis for cross-replica BatchNorm statistics.
+    bn_ghost_batches: G groups with separate BatchNorm statistics (see
+      `layers.BatchNorm`).
+    widths: channels of each stage.
+    convs_per_stage: conv-BN-ReLU units before each pool.
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None
+  bn_axis_name: str | None = None
+  bn_ghost_batches: int = 1
+  widths: Sequence[int] = (32, 64)
+  convs_per_stage: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
+    name = type(self).__name__
+    layers.check_min_size(x, 2 ** len(self.widths), name,
+                          f"{len(self.widths)} 2x2 valid max pools")
+    rate = resolve_dropout(self.dropout_rate, 0.0, name)
+    for s, width in enumerate(self.widths, start=1):
+      for c in range(1, self.convs_per_stage + 1):
+        x = layers.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
+                        name=f"conv{s}_{c}")(x)
+        x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
+                             ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
+                             name=f"bn{s}_{c}")(x)
+        x = layers.ReLU(name=f"relu{s}_{c}")(x)
+      x = layers.MaxPool((2, 2), name=f"pool{s}")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = classifier_dropout(x, rate, train)
+    x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
+    return x.astype(jnp.float32)
