@@ -12,6 +12,13 @@ for ((i = 0; i < n; i++)); do
   JAX_PROCESS_ID="${i}" python -m experiments.main --config.distributed=True "$@" &
   pids+=("$!")
 done
+# If one process fails, stop the others: they would otherwise wait in a
+# collective until jax's heartbeat timeout.
 status=0
-for pid in "${pids[@]}"; do wait "${pid}" || status=$?; done
+for ((i = 0; i < n; i++)); do
+  if ! wait -n; then
+    status=1
+    kill "${pids[@]}" 2>/dev/null || true
+  fi
+done
 exit "${status}"
