@@ -9,6 +9,7 @@ never leaves a half-written checkpoint in place of the last good one.
 
 from __future__ import annotations
 
+import copy
 import logging
 import sys
 import time
@@ -48,7 +49,10 @@ class Checkpointer:
     metrics = None if val_accuracy is None else {VAL_METRIC: float(val_accuracy)}
     self._manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        # A copy: the save completes in the background while the loop keeps
+        # updating its bookkeeping (the epoch sums are mutated in place).
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                meta=ocp.args.JsonSave(copy.deepcopy(meta))),
         metrics=metrics,
         force=True,
     )

@@ -185,7 +185,12 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
   init_rng, train_rng = run_keys(config.seed)
   state = create_train_state(init_rng, model, tx, info.image_shape,
                              ema_decay=config.optimizer.ema_decay)
-  template = state
+  # The train step donates the state's buffers, so the rollback keeps its own
+  # host copy of the initial state and restores against shapes, not buffers.
+  initial = jax.device_get(state)
+  template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+      if isinstance(x, jax.Array) else x, state)
   n_params = num_params(state.params)
 
   train_fn = par.compile_train(functools.partial(
@@ -220,10 +225,10 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
   # Compile once, ahead of time, so compilation is measured apart from training.
   t0 = time.perf_counter()
   probe_batch = par.put_batch(next(data.train_batches(0, process_index=pindex, process_count=pcount)))
-  train_fn = train_fn.lower(state, probe_batch, train_rng).compile()
+  train_fn = par.precompile(train_fn, state, probe_batch, train_rng)
   probe_eval = par.put_batch(next(data.eval_batches("test", process_index=pindex,
                                                     process_count=pcount)))
-  eval_fn = eval_fn.lower(state, probe_eval).compile()
+  eval_fn = par.precompile(eval_fn, state, probe_eval)
   compile_seconds = time.perf_counter() - t0
 
   def evaluate(split: str) -> dict[str, Any]:
@@ -342,7 +347,7 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
         back = checkpointer.restore_latest(template)
         events = meta["events"]
         if back is None:
-          step, state, meta = 0, template, {**meta, "history": [], "epoch_sums": {},
+          step, state, meta = 0, initial, {**meta, "history": [], "epoch_sums": {},
                                             "best_val_accuracy": None, "best_epoch": None}
         else:
           step, state, meta = back
