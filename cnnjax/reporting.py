@@ -37,11 +37,19 @@ class MetricsWriter:
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=10)
 
   def truncate_after(self, step: int) -> None:
-    """Drops records past ``step`` (a resumed run rewrites them identically)."""
+    """Drops records past ``step``, and any test record (a resumed run rewrites them identically).
+
+    The test evaluation is written only when a run completes; one on disk in a
+    run being resumed comes from a process killed before its summary was saved.
+    """
     if not self.enabled or not os.path.exists(self.path):
       return
+
+    def keep(record):
+      return record.get("step", 0) <= step and record.get("split") != "test"
+
     with open(self.path) as f:
-      kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+      kept = [line for line in f if line.strip() and keep(json.loads(line))]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(kept)

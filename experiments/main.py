@@ -96,6 +96,9 @@ def main(argv):
     if _VERBOSE.value:
       traceback.print_exc()
     _fail(str(e), EXIT_DIVERGED)
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() != 0:
+    return  # one results table per run, not one per process
   if summary.get("reprinted"):
     print(f"{workdir} already holds a completed run; nothing to do. Its results:")
   print(loop.results_table(summary))

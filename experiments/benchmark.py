@@ -1,0 +1,324 @@
+r"""Training / evaluation / input-pipeline throughput, optionally against PyTorch.
+
+Usage (2-core CPU, ~2 minutes per model with --compare_torch):
+
+  python -m experiments.benchmark --models=keras_cifar_cnn,mnist_cnn \
+      --batch_size=128 --compare_torch --output_json=/tmp/bench.json
+
+For each model it times the library's own compiled train step
+(`cnnjax.training.steps.train_step` over `create_train_state`, `get_model`,
+`make_optimizer` and `for_classification`: Adam, softmax cross-entropy) on a
+synthetic batch already on the device, after compilation. With
+``--compare_torch`` the same architecture in PyTorch eager (same parameter
+count, same batch, Adam, cross-entropy) runs in the same process, in windows
+alternating with the JAX ones, so that load from other processes hits both
+alike; the ratio is of the medians. FLOPs are the forward FLOPs of the plain
+lax formulation from XLA's cost analysis, times 3 for forward + backward;
+``fraction_of_peak`` divides the achieved rate by the best of a numpy and an
+XLA float32 matrix multiply measured in the same run.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags, logging
+
+from cnnjax import losses, models, optimizers
+from cnnjax.data import catalog
+from cnnjax.data import pipeline
+from cnnjax.models import fast_ops
+from cnnjax.training import state as state_lib
+from cnnjax.training import steps as steps_lib
+from experiments.configs import base
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"], "Models to benchmark.")
+flags.DEFINE_integer("batch_size", 128, "Training batch size.")
+flags.DEFINE_bool("compare_torch", False, "Also time the same model in PyTorch eager.")
+flags.DEFINE_string("output_json", "", "Write the results here as JSON.")
+flags.DEFINE_integer("windows", 5, "Timed windows per contender (the median is reported).")
+flags.DEFINE_integer("steps_per_window", 0, "Steps per window; 0 picks ~0.5 s per window.")
+flags.DEFINE_integer("microbatches", None, "Train-step micro-batches; default: the base config's.")
+flags.DEFINE_enum("fast_ops", "auto", list(fast_ops.IMPLEMENTATIONS),
+                  "Convolution/pooling formulation (see cnnjax.models.fast_ops).")
+flags.DEFINE_bool("donate", True, "Donate the train state to the step (buffer reuse).")
+
+INPUT_SHAPES = {"keras_cifar_cnn": (32, 32, 3), "mnist_cnn": (28, 28, 1), "resnet20": (32, 32, 3),
+                "simple_cnn": (32, 32, 3), "lenet5": (28, 28, 1)}
+_PIPELINE_DATASET = {1: "mnist", 3: "cifar10"}
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _matmul_peak_gflops(n: int = 1024, repeats: int = 7) -> dict[str, float]:
+  """Best float32 n x n matmul rate of numpy and of XLA, in GFLOP/s."""
+  a = np.random.default_rng(0).random((n, n), np.float32)
+  flops = 2.0 * n**3
+  best_np = min(_timed(lambda: a @ a) for _ in range(repeats))
+  ja = jnp.asarray(a)
+  mm = jax.jit(lambda x: x @ x)
+  mm(ja).block_until_ready()
+  best_xla = min(_timed(lambda: mm(ja).block_until_ready()) for _ in range(repeats))
+  return {"numpy_gflops_per_sec": flops / best_np / 1e9, "xla_gflops_per_sec": flops / best_xla / 1e9}
+
+
+def _timed(fn: Callable[[], object]) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def _summary(rates: list[float]) -> dict[str, float]:
+  return {"median": statistics.median(rates), "min": min(rates), "max": max(rates)}
+
+
+def _forward_flops(model, variables, input_shape) -> float:
+  """Forward FLOPs per image of the plain lax formulation (XLA cost analysis)."""
+  with fast_ops.implementation("lax"):
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
+    cost = fwd.lower(variables, jnp.zeros((1, *input_shape))).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", 0.0))
+
+
+def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
+  """Images/s of `cnnjax.data.pipeline.Dataset.train_batches` (to device) on synthetic uint8 data."""
+  name = _PIPELINE_DATASET.get(input_shape[-1], "cifar10")
+  info = catalog.dataset_info(name)
+  if tuple(info.image_shape) != tuple(input_shape):
+    info = catalog.DatasetInfo(name, tuple(input_shape), 10)
+  rng = np.random.default_rng(0)
+  n = batch_size * steps
+  train = (rng.integers(0, 256, (n, *input_shape), dtype=np.uint8), rng.integers(0, 10, n))
+  test = (train[0][:batch_size], train[1][:batch_size])
+  ds = pipeline.Dataset(info, train, test, batch_size=batch_size, eval_batch_size=batch_size)
+  t = time.perf_counter()
+  count = 0
+  for batch in ds.train_batches(0):
+    jax.block_until_ready(jax.device_put(batch))
+    count += len(batch["label"])
+  return count / (time.perf_counter() - t)
+
+
+# ----------------------------------------------------------------------------- torch
+
+
+def _torch_model(name: str):
+  import torch.nn as tnn  # pylint: disable=g-import-not-at-top
+  if name == "keras_cifar_cnn":
+    return tnn.Sequential(
+        tnn.Conv2d(3, 32, 3), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(32, 64, 3), tnn.ReLU(),
+        tnn.MaxPool2d(2), tnn.Conv2d(64, 64, 3), tnn.ReLU(), tnn.Flatten(),
+        tnn.Linear(64 * 4 * 4, 64), tnn.ReLU(), tnn.Linear(64, 10))
+  if name == "mnist_cnn":
+    # Even 28 -> 14 -> 7: 'same' 2x2 pooling needs no padding, so MaxPool2d(2) matches.
+    return tnn.Sequential(
+        tnn.Conv2d(1, 32, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+        tnn.Conv2d(32, 64, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+        tnn.Linear(7 * 7 * 64, 1024), tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(1024, 10))
+  return None
+
+
+def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
+  """A function running n PyTorch train steps, or None if there is no port of ``name``."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = _torch_model(name)
+  if net is None:
+    return None
+  n_params = sum(p.numel() for p in net.parameters())
+  if n_params != jax_params:
+    raise ValueError(f"PyTorch {name} has {n_params} parameters, cnnjax's has {jax_params}")
+  h, w, c = input_shape
+  x = torch.rand(batch_size, c, h, w)
+  y = torch.randint(0, 10, (batch_size,))
+  opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+  loss_fn = torch.nn.CrossEntropyLoss()
+  net.train()
+
+  def run(n: int) -> None:
+    for _ in range(n):
+      opt.zero_grad(set_to_none=True)
+      loss = loss_fn(net(x), y)
+      loss.backward()
+      opt.step()
+    loss.item()
+
+  return run
+
+
+# ----------------------------------------------------------------------------- one model
+
+
+def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_window: int,
+                    microbatches: int, compare_torch: bool, donate: bool,
+                    peak_gflops: float) -> dict[str, object]:
+  """Measures one model; returns the per-model JSON record."""
+  input_shape = INPUT_SHAPES.get(name, (32, 32, 3))
+  config = base.get_config()
+  model = models.get_model(name, num_classes=10)
+  tx = optimizers.make_optimizer(config.optimizer, 10_000)
+  loss_fn = losses.for_classification(config.loss.name, num_classes=10)
+  state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
+  n_params = state_lib.num_params(state.params)
+
+  step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn,
+                                   microbatches=microbatches),
+                 donate_argnums=(0,) if donate else ())
+  rng = np.random.default_rng(0)
+  batch = {"image": jnp.asarray(rng.random((batch_size, *input_shape), np.float32)),
+           "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+  key = jax.random.key(0)
+
+  t = time.perf_counter()
+  compiled = step.lower(state, batch, key).compile()
+  compile_seconds = time.perf_counter() - t
+  holder = [state]
+
+  def run_jax(n: int) -> None:
+    for _ in range(n):
+      holder[0], metrics = compiled(holder[0], batch, key)
+    jax.block_until_ready(metrics["loss"])
+
+  run_jax(2)
+  if steps_per_window <= 0:  # about half a second per window
+    per_step = _timed(lambda: run_jax(3)) / 3
+    steps_per_window = max(2, int(0.5 / per_step))
+
+  torch_run = None
+  if compare_torch:
+    torch_run = _torch_runner(name, input_shape, batch_size, n_params)
+    if torch_run is not None:
+      torch_run(2)
+  jax_rates, torch_rates = [], []
+  for _ in range(windows):  # alternate, so background load hits both contenders alike
+    jax_rates.append(batch_size * steps_per_window / _timed(lambda: run_jax(steps_per_window)))
+    if torch_run is not None:
+      torch_rates.append(
+          batch_size * steps_per_window / _timed(lambda: torch_run(steps_per_window)))
+
+  eval_step = jax.jit(functools.partial(steps_lib.eval_step, loss_fn=loss_fn, num_classes=10))
+  eval_batch = dict(batch, mask=jnp.ones((batch_size,), jnp.float32))
+  jax.block_until_ready(eval_step(holder[0], eval_batch))
+  eval_rates = []
+  for _ in range(windows):
+    eval_rates.append(batch_size * steps_per_window / _timed(lambda: [
+        jax.block_until_ready(eval_step(holder[0], eval_batch)) for _ in range(steps_per_window)]))
+
+  variables = {"params": holder[0].params}
+  if holder[0].batch_stats:
+    variables["batch_stats"] = holder[0].batch_stats
+  train_flops = 3.0 * _forward_flops(model, variables, input_shape)
+  jax_median = statistics.median(jax_rates)
+  record: dict[str, object] = {
+      "params": n_params,
+      "input_shape": list(input_shape),
+      "microbatches": microbatches,
+      "fast_ops": fast_ops.current_implementation(),
+      "steps_per_window": steps_per_window,
+      "cnnjax_images_per_sec": jax_median,
+      "cnnjax_spread": _summary(jax_rates),
+      "compile_seconds": compile_seconds,
+      "eval_images_per_sec": statistics.median(eval_rates),
+      "eval_spread": _summary(eval_rates),
+      "pipeline_images_per_sec": _pipeline_rate(input_shape, batch_size),
+      "train_mflops_per_image": train_flops / 1e6,
+      "gflops_per_sec": jax_median * train_flops / 1e9,
+      "fraction_of_peak": jax_median * train_flops / 1e9 / peak_gflops,
+      "torch_images_per_sec": None,
+      "ratio": None,
+  }
+  if torch_rates:
+    torch_median = statistics.median(torch_rates)
+    record.update(
+        torch_images_per_sec=torch_median,
+        torch_spread=_summary(torch_rates),
+        ratio=jax_median / torch_median,
+        torch_gflops_per_sec=torch_median * train_flops / 1e9,
+        torch_fraction_of_peak=torch_median * train_flops / 1e9 / peak_gflops)
+  return record
+
+
+def _machine_info(compare_torch: bool) -> dict[str, object]:
+  info: dict[str, object] = {
+      "platform": platform.platform(),
+      "processor": platform.processor(),
+      "cpu_count": os.cpu_count(),
+      "python": platform.python_version(),
+      "jax": jax.__version__,
+      "backend": jax.default_backend(),
+      "devices": [str(d) for d in jax.devices()],
+      "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+      "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
+  }
+  try:
+    with open("/proc/cpuinfo") as f:
+      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    info["cpu_model"] = names[0] if names else ""
+  except OSError:
+    pass
+  try:
+    info["load_average"] = list(os.getloadavg())
+  except OSError:
+    pass
+  if compare_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    info["torch"] = torch.__version__
+  return info
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  fast_ops.set_implementation(FLAGS.fast_ops)
+  microbatches = (base.get_config().microbatches if FLAGS.microbatches is None
+                  else FLAGS.microbatches)
+  unknown = [m for m in FLAGS.models if m not in models.MODELS]
+  if unknown:
+    raise app.UsageError(f"Unknown model(s) {unknown}; expected some of {models.model_names()}")
+  peak = _matmul_peak_gflops()
+  peak_gflops = max(peak.values())
+  result: dict[str, object] = {
+      "machine": _machine_info(FLAGS.compare_torch),
+      "devices": len(jax.devices()),
+      "batch_size": FLAGS.batch_size,
+      "windows": FLAGS.windows,
+      "matmul_peak": peak,
+      "models": {},
+  }
+  if FLAGS.compare_torch:
+    import torch  # pylint: disable=g-import-not-at-top
+    result["torch_threads"] = torch.get_num_threads()
+  for name in FLAGS.models:
+    logging.info("Benchmarking %s", name)
+    record = benchmark_model(
+        name, batch_size=FLAGS.batch_size, windows=FLAGS.windows,
+        steps_per_window=FLAGS.steps_per_window, microbatches=microbatches,
+        compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops)
+    result["models"][name] = record
+    torch_part = (f", torch {record['torch_images_per_sec']:.0f} img/s, ratio {record['ratio']:.2f}"
+                  if record["ratio"] is not None else "")
+    print(f"{name}: cnnjax {record['cnnjax_images_per_sec']:.0f} img/s "
+          f"[{record['cnnjax_spread']['min']:.0f}-{record['cnnjax_spread']['max']:.0f}]"
+          f"{torch_part}; compile {record['compile_seconds']:.1f} s; "
+          f"eval {record['eval_images_per_sec']:.0f} img/s; "
+          f"pipeline {record['pipeline_images_per_sec']:.0f} img/s; "
+          f"{record['gflops_per_sec']:.1f} GFLOP/s = {100 * record['fraction_of_peak']:.0f}% "
+          f"of peak {peak_gflops:.0f}", flush=True)
+  if FLAGS.output_json:
+    with open(FLAGS.output_json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,174 @@
+"""The matmul/reshape formulations in fast_ops equal the plain lax ones.
+
+Reference values come from `lax.conv_general_dilated` and `lax.reduce_window`
+(the "lax" implementation), an independent formulation of the same maths; the
+tie-breaking case is checked against a hand calculation.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from cnnjax.models import fast_ops
+
+# (kernel size, padding, strides, input side): the cases the models use
+# (3x3 valid, 5x5 same, 3x3 same stride 2, 1x1 stride 2 shortcuts, explicit
+# PyTorch-style padding) plus odd sizes where SAME pads unevenly.
+CONV_CASES = [
+    (3, "VALID", (1, 1), 10),
+    (5, "SAME", (1, 1), 9),
+    (3, "SAME", (2, 2), 8),
+    (3, "SAME", (2, 2), 7),
+    (1, "VALID", (2, 2), 8),
+    (3, ((1, 1), (1, 1)), (1, 1), 6),
+    (3, ((0, 2), (1, 0)), (2, 1), 7),
+]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _conv_outputs(conv, x, k, strides, padding):
+  """Output, and value and gradients of a non-linear read-out (one compilation)."""
+  f = lambda a, b: jnp.sum(jnp.sin(conv(a, b, strides=strides, padding=padding)))
+  return conv(x, k, strides=strides, padding=padding), jax.value_and_grad(f, argnums=(0, 1))(x, k)
+
+
+@pytest.mark.parametrize("chunk_bytes", [fast_ops.PATCH_CHUNK_BYTES, 512],
+                         ids=["one_chunk", "many_chunks"])
+@pytest.mark.parametrize("ksize,padding,strides,side", CONV_CASES)
+def test_conv2d_matmul_equals_lax(monkeypatch, chunk_bytes, ksize, padding, strides, side):
+  # A tiny chunk budget forces the chunked path (custom gradient, lax.map).
+  monkeypatch.setattr(fast_ops, "PATCH_CHUNK_BYTES", chunk_bytes)
+  kx, kk = jax.random.split(jax.random.key(ksize * 100 + side))
+  x = jax.random.normal(kx, (4, side, side, 3))
+  k = jax.random.normal(kk, (ksize, ksize, 3, 5)) / ksize
+  padding = padding if isinstance(padding, str) else tuple(padding)  # hashable for jit
+  y_ref, (v_ref, (gx_ref, gk_ref)) = _conv_outputs(fast_ops.conv2d_lax, x, k, strides, padding)
+  y, (v, (gx, gk)) = _conv_outputs(fast_ops.conv2d_matmul, x, k, strides, padding)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv2d_chunks_divide_batch(monkeypatch):
+  monkeypatch.setattr(fast_ops, "PATCH_CHUNK_BYTES", 1000)
+  assert fast_ops._num_chunks(12, 300) == 4   # 3 examples * 300 B fit, 4 do not
+  assert fast_ops._num_chunks(7, 300) == 7    # prime batch: one example per chunk
+  assert fast_ops._num_chunks(8, 100) == 1
+
+
+def test_conv2d_keeps_bfloat16():
+  x = jnp.ones((2, 6, 6, 3), jnp.bfloat16)
+  k = jnp.ones((3, 3, 3, 4), jnp.bfloat16)
+  y = fast_ops.conv2d_matmul(x, k, padding="SAME")
+  assert y.dtype == jnp.bfloat16
+  # Interior output = 3*3*3 ones = 27 (exact in bfloat16).
+  assert float(y[0, 2, 2, 0]) == 27.0
+  gk = jax.grad(lambda b: jnp.sum(fast_ops.conv2d_matmul(x, b, padding="SAME")))(k)
+  assert gk.dtype == jnp.bfloat16
+
+
+# (window, strides, padding, side)
+POOL_CASES = [
+    ((2, 2), None, "VALID", 8),
+    ((2, 2), None, "VALID", 7),
+    ((2, 2), None, "SAME", 7),
+    ((2, 2), None, "SAME", 14),
+    ((3, 3), None, "SAME", 7),          # SAME pads (1, 1): the low side is padded too
+    ((2, 2), None, ((1, 1), (1, 0)), 6),
+    ((3, 3), (2, 2), "SAME", 8),        # overlapping: falls back to lax
+]
+
+
+@pytest.mark.parametrize("window,strides,padding,side", POOL_CASES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_pooling_equals_lax(kind, window, strides, padding, side):
+  # Continuous random inputs: no ties, so max-pool gradients agree exactly.
+  x = jax.random.normal(jax.random.key(side), (3, side, side, 4))
+  fast = {"max": fast_ops.max_pool, "avg": fast_ops.avg_pool}[kind]
+  ref = {"max": fast_ops.max_pool_lax, "avg": fast_ops.avg_pool_lax}[kind]
+  padding = padding if isinstance(padding, str) else tuple(padding)
+  w = jax.random.normal(jax.random.key(1), ref(x, window, strides, padding).shape)
+
+  @jax.jit
+  def outputs(a):
+    with fast_ops.implementation("matmul"):
+      fast_out = jax.value_and_grad(lambda a: jnp.sum(w * fast(a, window, strides, padding)))(a)
+      y = fast(a, window, strides, padding)
+    y_ref = ref(a, window, strides, padding)
+    g_ref = jax.grad(lambda a: jnp.sum(w * ref(a, window, strides, padding)))(a)
+    return y, fast_out[1], y_ref, g_ref
+
+  y, g, y_ref, g_ref = outputs(x)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_ties_split_the_gradient():
+  # One 2x2 window of equal values. By hand: the max is 1; lax gives the whole
+  # unit gradient to the first element, the reshape form splits it 1/4 each.
+  x = jnp.ones((1, 2, 2, 1))
+  with fast_ops.implementation("matmul"):
+    g = jax.grad(lambda a: jnp.sum(fast_ops.max_pool(a)))(x)
+  g_ref = jax.grad(lambda a: jnp.sum(fast_ops.max_pool_lax(a)))(x)
+  np.testing.assert_allclose(g[0, :, :, 0], [[0.25, 0.25], [0.25, 0.25]])
+  np.testing.assert_allclose(g_ref[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
+  assert float(g.sum()) == float(g_ref.sum()) == 1.0
+
+
+def test_max_pool_keeps_bfloat16():
+  x = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.bfloat16).reshape(2, 5, 5, 1)
+  with fast_ops.implementation("matmul"):
+    y = fast_ops.max_pool(x, (2, 2), None, "SAME")
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(y, fast_ops.max_pool_lax(x, (2, 2), None, "SAME"))
+
+
+def test_implementation_dispatch():
+  assert fast_ops.current_implementation() == (
+      "matmul" if jax.default_backend() == "cpu" else "lax")
+  with fast_ops.implementation("lax"):
+    assert fast_ops.current_implementation() == "lax"
+  with pytest.raises(ValueError, match="'im2col'"):
+    fast_ops.set_implementation("im2col")
+
+
+def _train_losses(model_name, input_shape, implementation, steps=5):
+  """Losses of `steps` library train steps under one fast_ops implementation."""
+  from cnnjax import losses, models, optimizers
+  from cnnjax.training import state as state_lib
+  from cnnjax.training import steps as steps_lib
+  from experiments.configs import base
+
+  config = base.get_config()
+  opt = ml_collections.ConfigDict(config.optimizer.to_dict())
+  with fast_ops.implementation(implementation):
+    model = models.get_model(model_name, num_classes=10)
+    tx = optimizers.make_optimizer(opt, steps)
+    state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
+    loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
+    step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn))
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(steps):
+      batch = {"image": jnp.asarray(rng.random((16, *input_shape), np.float32)),
+               "label": jnp.asarray(rng.integers(0, 10, 16))}
+      state, metrics = step(state, batch, jax.random.key(1))
+      out.append(float(metrics["loss"]))
+  return np.array(out)
+
+
+@pytest.mark.parametrize("model_name,input_shape", [
+    ("keras_cifar_cnn", (32, 32, 3)),
+    ("mnist_cnn", (28, 28, 1)),
+])
+def test_training_trajectory_matches_lax(model_name, input_shape):
+  fast = _train_losses(model_name, input_shape, "matmul")
+  plain = _train_losses(model_name, input_shape, "lax")
+  assert np.all(np.isfinite(fast))
+  np.testing.assert_allclose(fast, plain, rtol=1e-4)
