@@ -281,8 +281,8 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
 def main(argv: list[str]) -> None:
   del argv
   fast_ops.set_implementation(FLAGS.fast_ops)
-  microbatches = (base.get_config().microbatches if FLAGS.microbatches is None
-                  else FLAGS.microbatches)
+  requested = (base.get_config().microbatches if FLAGS.microbatches is None
+               else FLAGS.microbatches)
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
     raise app.UsageError(f"Unknown model(s) {unknown}; expected some of {models.model_names()}")
@@ -303,7 +303,11 @@ def main(argv: list[str]) -> None:
     logging.info("Benchmarking %s", name)
     record = benchmark_model(
         name, batch_size=FLAGS.batch_size, windows=FLAGS.windows,
-        steps_per_window=FLAGS.steps_per_window, microbatches=microbatches,
+        steps_per_window=FLAGS.steps_per_window,
+        # The same rule the training loop applies, so the default path is measured.
+        microbatches=steps_lib.resolve_microbatches(
+            requested, per_device_batch=FLAGS.batch_size,
+            has_batch_norm=models.has_batch_norm(name), backend=jax.default_backend()),
         compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops)
     result["models"][name] = record
     torch_part = (f", torch {record['torch_images_per_sec']:.0f} img/s, ratio {record['ratio']:.2f}"

@@ -23,7 +23,7 @@ from cnnjax import parallel as parallel_lib
 from cnnjax import reporting
 from cnnjax.data import augment as augment_lib
 from cnnjax.data import load as load_data
-from cnnjax.models import get_model
+from cnnjax.models import get_model, has_batch_norm
 from cnnjax.training import manifest as manifest_lib
 from cnnjax.training import steps as steps_lib
 from cnnjax.training.checkpoint import Checkpointer
@@ -193,9 +193,12 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
       if isinstance(x, jax.Array) else x, state)
   n_params = num_params(state.params)
 
+  microbatches = steps_lib.resolve_microbatches(
+      config.microbatches, per_device_batch=config.batch_size // par.num_devices,
+      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend())
   train_fn = par.compile_train(functools.partial(
       steps_lib.train_step, loss_fn=loss_fn, augment_fn=_augment_fn(config.augment),
-      microbatches=config.microbatches, skip_nonfinite=skip))
+      microbatches=microbatches, skip_nonfinite=skip))
   eval_fn = par.compile_eval(functools.partial(
       steps_lib.eval_step, loss_fn=loss_fn, num_classes=info.num_classes))
 

@@ -53,6 +53,26 @@ def _forward_backward(state: TrainState, params, batch_stats, images, labels, dr
   return loss, accuracy, grads, new_stats
 
 
+def resolve_microbatches(requested: int, *, per_device_batch: int, has_batch_norm: bool,
+                         backend: str) -> int:
+  """The number of micro-batches a step splits its batch into; ``requested=0`` means auto.
+
+  Auto splits only on CPU and only models without BatchNorm (whose update does
+  not depend on the split, up to float32 rounding): into the most parts, at
+  most 8, that divide the batch and keep >= 16 examples each. On the 2-core CPU
+  this was measured to lift keras_cifar_cnn at batch 128 from ~1,690 to ~2,770
+  images/s: smaller working sets stay in cache (docs/performance.md).
+  """
+  if requested > 0:
+    return requested
+  if backend != "cpu" or has_batch_norm:
+    return 1
+  for parts in range(8, 1, -1):
+    if per_device_batch % parts == 0 and per_device_batch // parts >= 16:
+      return parts
+  return 1
+
+
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],

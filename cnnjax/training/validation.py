@@ -81,10 +81,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _choice("progress", config.progress, PROGRESS)
 
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_epochs",
-              "keep_checkpoints", "microbatches", "max_consecutive_nonfinite"):
+              "keep_checkpoints", "max_consecutive_nonfinite"):
     v = config[key]
     _check(isinstance(v, int) and v > 0, key, v, "expected an integer > 0")
-  for key in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed"):
+  for key in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed", "microbatches"):
     v = config[key]
     _check(isinstance(v, int) and v >= 0, key, v, "expected an integer >= 0")
   if config.num_epochs == 0 and config.num_train_steps == 0:

@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel = "auto"         # auto | none | pmap | sharded
   c.bn_sync = "global"        # global | per_device
   c.distributed = False       # call jax.distributed.initialize (auto on SLURM/TPU/MPI)
-  c.microbatches = 1          # split each device's batch inside the step (speed only)
+  c.microbatches = 0          # split each device's batch inside the step; 0 = auto (CPU, no BatchNorm)
 
   # Bookkeeping.
   c.log_every_steps = 50

@@ -1,0 +1,223 @@
+"""Study grids: expand a study config into variants, and group the variants that can share
+one compiled, vmapped program.
+
+A *study config* (``experiments/configs/compare_*.py``) holds a full experiment config in
+``base`` and the axes to sweep:
+
+* ``optimizers``: optimizer names (empty = the base's optimizer);
+* ``learning_rates``: rates (empty = each optimizer's ``base`` rate, i.e. its own default
+  when the base leaves ``optimizer.learning_rate`` unset);
+* ``losses``: loss specs ``"name"`` or ``"name:key=value,key=value"`` (empty = the base loss);
+* ``seeds``: the seeds every setting is repeated with (>= 1).
+
+A *variant* is one point of the product; a *setting* is a variant without its seed (the
+unit that results are averaged over). Variants differ in *values* (seed, learning rate,
+loss and loss options) or in *structure* (anything else, e.g. the optimizer name, which
+changes the optimizer state's pytree). `group_variants` puts variants with the same
+structure into one group, trained together by `cnnjax.study.vmapped.train_group`.
+
+Example:
+  >>> import ml_collections
+  >>> from experiments.configs import default
+  >>> study = ml_collections.ConfigDict(dict(
+  ...     base=default.get_config(), optimizers=("sgd", "adam"), learning_rates=(),
+  ...     losses=("sparse_categorical_cross_entropy", "focal:gamma=2.0"), seeds=(0, 1)))
+  >>> variants = expand(study)
+  >>> len(variants), variants[0].setting
+  (8, 'sgd / sparse_categorical_cross_entropy')
+  >>> [len(g) for g in group_variants(variants)]
+  [4, 4]
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import itertools
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from cnnjax import optimizers as optimizers_lib
+
+__all__ = [
+    "Variant", "expand", "group_key", "group_variants", "parse_loss_spec", "VALUE_KEYS",
+    "STUDY_KEYS",
+]
+
+# Config keys whose value may differ inside one vmapped group (traced values, or a
+# per-variant loss chosen inside the program). Everything else must be equal.
+VALUE_KEYS = ("seed", "optimizer.learning_rate", "loss")
+# Keys that change only how a run is displayed.
+_PRESENTATION_KEYS = ("progress", "log_every_steps")
+
+STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target_accuracy",
+              "title")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """One training run of a study.
+
+  Attributes:
+    index: position in the expanded grid (stable; results are listed in this order).
+    name: a unique label, e.g. ``"adam lr=0.001 / focal(gamma=2.0) / seed 1"``.
+    setting: the label without the seed (results are averaged over seeds per setting).
+    seed: the run's seed.
+    optimizer: the optimizer name.
+    learning_rate: the effective rate (the optimizer's default when unset).
+    loss: the loss spec string.
+    overrides: ``{dotted key: value}`` applied to the base config.
+    config: the full experiment config of this run.
+  """
+  index: int
+  name: str
+  setting: str
+  seed: int
+  optimizer: str
+  learning_rate: float
+  loss: str
+  overrides: dict[str, Any]
+  config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
+
+
+def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
+  """``"focal:gamma=2.0,alpha=None"`` -> ``("focal", {"gamma": 2.0, "alpha": None})``.
+
+  Values are Python literals (numbers, None, True/False, tuples).
+
+  Example:
+    >>> parse_loss_spec("sparse_categorical_cross_entropy:label_smoothing=0.1")
+    ('sparse_categorical_cross_entropy', {'label_smoothing': 0.1})
+  """
+  if not isinstance(spec, str) or not spec.strip():
+    raise ValueError(f"loss spec {spec!r} must be a non-empty string like "
+                     "'name' or 'name:key=value,key=value'")
+  name, _, rest = spec.partition(":")
+  options: dict[str, Any] = {}
+  for item in filter(None, (s.strip() for s in rest.split(","))):
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip():
+      raise ValueError(f"loss spec {spec!r}: option {item!r} must look like key=value")
+    try:
+      options[key.strip()] = ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"loss spec {spec!r}: value {value.strip()!r} of {key.strip()!r} is not "
+                       "a Python literal (number, None, True/False, tuple)") from e
+  return name.strip(), options
+
+
+def _loss_label(name: str, options: dict[str, Any]) -> str:
+  if not options:
+    return name
+  return f"{name}({', '.join(f'{k}={v}' for k, v in options.items())})"
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def _check_study(study: ml_collections.ConfigDict) -> None:
+  unknown = sorted(set(study.keys()) - set(STUDY_KEYS))
+  if unknown:
+    raise ValueError(f"unknown study key(s) {unknown}; accepted: {list(STUDY_KEYS)}")
+  if "base" not in study or not isinstance(study.base, ml_collections.ConfigDict):
+    raise ValueError("study.base must be an experiment ConfigDict (e.g. "
+                     "experiments.configs.default.get_config())")
+  seeds = tuple(study.get("seeds", ()) or ())
+  if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    raise ValueError(f"study.seeds={seeds!r} must be a non-empty tuple of integers")
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f"study.seeds={seeds!r} has repeated seeds")
+  for lr in tuple(study.get("learning_rates", ()) or ()):
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
+      raise ValueError(f"study.learning_rates has {lr!r}; each rate must be a number > 0")
+  names = optimizers_lib.names()
+  for name in tuple(study.get("optimizers", ()) or ()):
+    if not isinstance(name, str):
+      raise ValueError(f"study.optimizers has {name!r}; expected names such as {names[:8]}")
+
+
+def expand(study: ml_collections.ConfigDict) -> list[Variant]:
+  """All variants of ``study``: optimizers x learning_rates x losses x seeds, in that order.
+
+  Each variant's config is a deep copy of ``study.base`` with its overrides applied and
+  validated (`cnnjax.training.validation.validate_config`).
+
+  Raises:
+    ValueError: an unknown study key, an empty or repeated seed list, a bad loss spec, or
+      a variant config that does not validate (the message names the variant).
+  """
+  from cnnjax.training.validation import validate_config  # pylint: disable=g-import-not-at-top
+  _check_study(study)
+  base = study.base
+  opt_names = tuple(study.get("optimizers", ()) or ()) or (base.optimizer.name,)
+  lrs = tuple(study.get("learning_rates", ()) or ()) or (None,)
+  loss_specs = tuple(study.get("losses", ()) or ())
+  if not loss_specs:
+    opts = {k: v for k, v in base.loss.items() if k != "name" and v}
+    loss_specs = (base.loss.name + (":" + ",".join(f"{k}={v!r}" for k, v in opts.items())
+                                    if opts else ""),)
+  seeds = tuple(study.seeds)
+  show_lr = len(lrs) > 1 or lrs[0] is not None
+
+  variants = []
+  for i, (opt, lr, spec, seed) in enumerate(itertools.product(opt_names, lrs, loss_specs,
+                                                              seeds)):
+    loss_name, loss_options = parse_loss_spec(spec)
+    config = copy.deepcopy(base)
+    overrides: dict[str, Any] = {"optimizer.name": opt, "loss.name": loss_name, "seed": seed}
+    if lr is not None:
+      overrides["optimizer.learning_rate"] = float(lr)
+    # Options the base set for another loss would not apply to this one.
+    config.loss = ml_collections.ConfigDict({"name": loss_name})
+    for key, value in loss_options.items():
+      overrides[f"loss.{key}"] = value
+    for key, value in overrides.items():
+      if key.startswith("loss.") and key != "loss.name":
+        config.loss[key[5:]] = value
+      else:
+        _set(config, key, value)
+    effective_lr = config.optimizer.learning_rate
+    if effective_lr is None:
+      effective_lr = optimizers_lib.default_learning_rate(opt)
+    setting = opt + (f" lr={effective_lr:g}" if show_lr else "")
+    setting += f" / {_loss_label(loss_name, loss_options)}"
+    try:
+      validate_config(config)
+    except ValueError as e:
+      raise ValueError(f"study variant {setting!r} (seed {seed}): {e}") from e
+    if effective_lr is None:
+      raise ValueError(f"study variant {setting!r}: optimizer {opt!r} has no default "
+                       "learning rate; list study.learning_rates")
+    variants.append(Variant(index=i, name=f"{setting} / seed {seed}", setting=setting, seed=seed,
+                            optimizer=opt, learning_rate=float(effective_lr), loss=spec,
+                            overrides=overrides, config=config))
+  return variants
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """The part of a config that must be equal for runs to share one vmapped program."""
+  d = json.loads(config.to_json_best_effort())
+  for key in VALUE_KEYS + _PRESENTATION_KEYS:
+    *parents, leaf = key.split(".")
+    node = d
+    for p in parents:
+      node = node[p]
+    node.pop(leaf, None)
+  return json.dumps(d, sort_keys=True)
+
+
+def group_variants(variants: Sequence[Variant]) -> list[list[Variant]]:
+  """Variants grouped by `group_key`, groups in order of first appearance."""
+  groups: dict[str, list[Variant]] = {}
+  for v in variants:
+    groups.setdefault(group_key(v.config), []).append(v)
+  return list(groups.values())

@@ -1,0 +1,151 @@
+"""Studies: grid expansion and grouping, the vmapped trainer against single runs, reports.
+
+The reference for the vmapped trainer is the project's own single-run trainer
+(`cnnjax.training.loop.train_and_evaluate`, ``parallel="none"``), an independent code
+path (AOT-compiled un-vmapped step, its own data loop, metrics and evaluation). The Welch
+statistic is checked against scipy.stats.ttest_ind(equal_var=False).
+"""
+
+import json
+import math
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+from scipy import stats
+
+from cnnjax.study import aggregate, expand, group_variants, parse_loss_spec, plot_all, welch
+from cnnjax.study import train_group, write_report
+from cnnjax.training import loop
+from experiments.configs import compare_losses, compare_optimizers, default, lr_sweep
+
+
+def tiny(data_dir, seed=0, **opt):
+  c = default.get_config()
+  c.data_dir = data_dir
+  c.model = "tiny_cnn"
+  c.batch_size = 64             # 20 steps per epoch on the 1,294 digits train images
+  c.num_train_steps = 30        # two epochs: 20 + 10 steps
+  c.log_every_steps = 10
+  c.progress = "none"
+  c.parallel = "none"
+  c.seed = seed
+  c.optimizer.name = "momentum"
+  c.optimizer.schedule = "cosine"
+  c.optimizer.weight_decay = None
+  for k, v in opt.items():
+    c.optimizer[k] = v
+  return c
+
+
+def test_parse_loss_spec():
+  assert parse_loss_spec("focal:gamma=2.0,alpha=None") == ("focal", {"gamma": 2.0, "alpha": None})
+  assert parse_loss_spec(" multi_margin ") == ("multi_margin", {})
+  with pytest.raises(ValueError, match="key=value"):
+    parse_loss_spec("focal:gamma")
+  with pytest.raises(ValueError, match="literal"):
+    parse_loss_spec("focal:gamma=two")
+
+
+def test_ready_made_studies_expand_and_group():
+  opt = expand(compare_optimizers.get_config())
+  assert len(opt) == 8 * 3
+  # One group per optimizer (different optimizer-state pytrees), seeds stacked inside.
+  assert [len(g) for g in group_variants(opt)] == [3] * 8
+  lrs = {v.optimizer: v.learning_rate for v in opt}
+  assert lrs == {"sgd": 0.01, "momentum": 0.01, "nesterov": 0.01, "adagrad": 0.01,
+                 "rmsprop": 0.001, "adam": 0.001, "adamax": 0.002, "nadam": 0.001}
+  losses = expand(compare_losses.get_config())
+  assert len(group_variants(losses)) == 1  # every loss and seed in one program
+  assert {v.config.loss.name for v in losses} >= {
+      "sparse_categorical_cross_entropy", "focal", "mean_squared_error", "multi_margin"}
+  sweep = expand(lr_sweep.get_config())
+  assert [len(g) for g in group_variants(sweep)] == [12, 12, 12]
+  # A structural difference (weight decay) splits a group.
+  study = compare_losses.get_config()
+  study.losses = ("sparse_categorical_cross_entropy",)
+  a = expand(study)
+  study.base.optimizer.weight_decay = 1e-4
+  b = expand(study)
+  assert len(group_variants(a + b)) == 2
+
+
+def test_expand_rejects_bad_studies():
+  study = compare_losses.get_config()
+  study.seeds = (0, 0)
+  with pytest.raises(ValueError, match="repeated"):
+    expand(study)
+  study = compare_losses.get_config()
+  study.losses = ("no_such_loss",)
+  with pytest.raises(ValueError, match="no_such_loss"):
+    expand(study)
+
+
+@pytest.fixture(scope="module")
+def parity(data_dir, tmp_path_factory):
+  """Three value-variants (seed, lr, loss) + one that diverges, in one vmapped group."""
+  configs = [tiny(data_dir, 0, learning_rate=0.05), tiny(data_dir, 1, learning_rate=0.1),
+             tiny(data_dir, 2, learning_rate=0.05), tiny(data_dir, 0, learning_rate=1e30)]
+  configs[2].loss = ml_collections.ConfigDict({"name": "focal", "gamma": 1.0, "alpha": None})
+  grouped = train_group(configs, target_accuracy=0.5)
+  alone = [loop.train_and_evaluate(c, str(tmp_path_factory.mktemp("alone")))
+           for c in configs[:3]]
+  return grouped, alone
+
+
+def test_vmapped_group_equals_runs_trained_alone(parity):
+  grouped, alone = parity
+  for g, a in zip(grouped, alone):
+    assert not g["diverged"]
+    assert len(g["history"]) == len(a["history"]) == 2
+    for hg, ha in zip(g["history"], a["history"]):
+      assert hg["step"] == ha["step"]
+      np.testing.assert_allclose(hg["train_loss"], ha["train_loss"], rtol=1e-4)
+      np.testing.assert_allclose(hg["val_loss"], ha["val_loss"], rtol=1e-4)
+      # Within one of the 144 validation examples.
+      assert abs(hg["val_accuracy"] - ha["val_accuracy"]) <= 1 / 144 + 1e-9
+    np.testing.assert_allclose(g["test_loss"], a["test_loss"], rtol=1e-4)
+    assert abs(g["test_accuracy"] - a["test_accuracy"]) <= 1 / 360 + 1e-9
+    assert g["best_val_accuracy"] == pytest.approx(a["best_val_accuracy"], abs=1 / 144 + 1e-9)
+  # The variants really differ (otherwise equality would prove little).
+  assert len({round(g["test_loss"], 6) for g in grouped[:3]}) == 3
+
+
+def test_diverged_variant_is_marked_and_isolated(parity):
+  grouped, _ = parity
+  bad = grouped[3]
+  assert bad["diverged"] and bad["diverged_step"] is not None and bad["test_accuracy"] is None
+  assert all(math.isfinite(g["test_loss"]) for g in grouped[:3])
+
+
+def test_welch_matches_scipy():
+  a, b = [0.91, 0.93, 0.95, 0.92], [0.88, 0.90, 0.89]
+  ours = welch(a, b)
+  ref = stats.ttest_ind(a, b, equal_var=False)
+  assert ours["t"] == pytest.approx(ref.statistic, rel=1e-9)
+  assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+
+
+def test_report_and_plots(parity, tmp_path):
+  grouped, _ = parity
+  results = []
+  for i, r in enumerate(grouped):
+    setting = ["sgd lr=0.05 / ce", "sgd lr=0.1 / ce", "sgd lr=0.05 / focal", "sgd lr=1e+30 / ce"][i]
+    results.append({**r, "name": f"{setting} / seed {i}", "setting": setting, "seed": i,
+                    "optimizer": "sgd", "learning_rate": [0.05, 0.1, 0.05, 1e30][i],
+                    "loss": "focal" if i == 2 else "ce"})
+  rows = aggregate(results)
+  assert rows[-1]["setting"] == "sgd lr=1e+30 / ce" and rows[-1]["diverged"] == 1
+  assert rows[0]["accuracy_mean"] == max(r["test_accuracy"] for r in grouped[:3])
+  names = plot_all(results, str(tmp_path / "plots"), "test")
+  assert {"learning_curves.png", "final_accuracy.png", "lr_sensitivity.png",
+          "loss_comparison.png"} <= set(names)
+  for n in names:
+    with open(tmp_path / "plots" / n, "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  text = write_report(str(tmp_path / "report.md"), title="t", description="d", results=results,
+                      target_accuracy=0.5, n_test=360, timing={"total": 1.0},
+                      plots=[f"plots/{n}" for n in names])
+  assert "| 1 |" in text and "Summary (generated)" in text and "1/1 |" in text
+  json.dumps(results)  # results.json must be writable as plain JSON
