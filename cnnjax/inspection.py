@@ -219,3 +219,14 @@ def format_activations(rows: Sequence[ActivationRow]) -> str:
     lines.append(f"{r.path:<34} {r.kind:<14} {shape:<16} {r.mean:>10.4f} {r.std:>10.4f} "
                  f"{r.fraction_zero:>7.1%}")
   return "\n".join(lines)
+
+
+def parse_shape(values: Sequence[str]) -> tuple[int, int, int]:
+  """Parses ['32', '32', '3'] into (32, 32, 3); anything else raises ValueError."""
+  try:
+    shape = tuple(int(v) for v in values)
+  except ValueError:
+    shape = ()
+  if len(shape) != 3 or min(shape) < 1:
+    raise ValueError(f"--input_shape must be three positive integers H,W,C, got {values!r}")
+  return shape  # type: ignore[return-value]

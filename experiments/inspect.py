@@ -27,6 +27,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cnnjax import inspection, models
+from cnnjax.inspection import parse_shape
 from cnnjax.data import catalog
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
@@ -36,17 +37,6 @@ _INPUT_SHAPE = flags.DEFINE_list(
     "input_shape", None, "H,W,C of one image; default: the config dataset's image shape.")
 _ACTIVATIONS = flags.DEFINE_bool("activations", False, "Also print activation statistics.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images for --activations.")
-
-
-def parse_shape(values: Sequence[str]) -> tuple[int, int, int]:
-  """Parses ['32', '32', '3'] into (32, 32, 3); anything else raises ValueError."""
-  try:
-    shape = tuple(int(v) for v in values)
-  except ValueError:
-    shape = ()
-  if len(shape) != 3 or min(shape) < 1:
-    raise ValueError(f"--input_shape must be three positive integers H,W,C, got {values!r}")
-  return shape  # type: ignore[return-value]
 
 
 def sample_batch(dataset: str, shape: tuple[int, int, int], n: int,

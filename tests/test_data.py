@@ -18,7 +18,6 @@ import pytest
 import tensorflow_datasets as tfds
 
 import cnnjax.data
-from cnnjax.data import pipeline
 from cnnjax.data import prepare
 from cnnjax.data import sources
 from experiments.configs import base

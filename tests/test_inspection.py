@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 
 from cnnjax import inspection, models
-from experiments import inspect as inspect_cli
-from experiments import worked_example as we
+from cnnjax import worked_example as we
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -87,10 +86,10 @@ def test_activation_stats_in_train_mode():
 
 
 def test_parse_shape():
-  assert inspect_cli.parse_shape(["32", "32", "3"]) == (32, 32, 3)
+  assert inspection.parse_shape(["32", "32", "3"]) == (32, 32, 3)
   for bad in (["32", "32"], ["a", "b", "c"], ["0", "8", "1"]):
     with pytest.raises(ValueError, match="three positive integers"):
-      inspect_cli.parse_shape(bad)
+      inspection.parse_shape(bad)
 
 
 def test_command_line():

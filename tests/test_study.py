@@ -8,7 +8,6 @@ statistic is checked against scipy.stats.ttest_ind(equal_var=False).
 
 import json
 import math
-import os
 
 import ml_collections
 import numpy as np

@@ -16,9 +16,8 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
-from experiments import worked_example as we
+from cnnjax import worked_example as we
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,5 +104,7 @@ def test_command_line_json(tmp_path):
 
 
 def test_rejects_extra_arguments():
-  with pytest.raises(Exception, match="Unexpected arguments"):
-    we.main(["prog", "extra"])
+  proc = subprocess.run([sys.executable, "-m", "experiments.worked_example", "extra"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "Unexpected arguments" in proc.stderr

@@ -26,7 +26,6 @@ import io
 import os
 import pickle
 import tarfile
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np

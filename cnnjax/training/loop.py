@@ -27,7 +27,7 @@ from cnnjax.models import get_model, has_batch_norm
 from cnnjax.training import manifest as manifest_lib
 from cnnjax.training import steps as steps_lib
 from cnnjax.training.checkpoint import Checkpointer
-from cnnjax.training.state import TrainState, create_train_state, num_params, run_keys
+from cnnjax.training.state import create_train_state, num_params, run_keys
 from cnnjax.training.validation import validate_config, validate_workdir
 
 
@@ -135,7 +135,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
   workdir = os.path.abspath(workdir)
   resolved = config_to_dict(config)
   par = parallel_lib.Parallel(config.parallel, config.bn_sync)
-  main = par.is_main_process
 
   # Refuse a workdir of another run before touching anything in it.
   config_path = os.path.join(workdir, "config.json")
