@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -199,3 +199,14 @@ def augment_batch(rng: jax.Array, images: jax.Array,
   if v["flip"]:
     images = random_flip(flip_rng, images)
   return cutout(cutout_rng, images, v["cutout"])
+
+
+def per_example_fn(augment_config) -> Callable[[jax.Array, jax.Array], jax.Array] | None:
+  """``(key, image [H, W, C]) -> image`` for the train step, or None when augmentation is off.
+
+  The step draws one key per example (from its index in the global batch), so
+  the same example gets the same augmentation on any number of devices.
+  """
+  if is_identity(augment_config):
+    return None
+  return lambda key, image: augment_batch(key, image[None], augment_config)[0]

@@ -45,7 +45,7 @@ from jax import lax
 
 Padding = str | Sequence[tuple[int, int]]
 
-IMPLEMENTATIONS = ("auto", "lax", "matmul")
+IMPLEMENTATIONS = ("auto", "lax", "matmul", "hybrid")
 
 # Largest im2col patch block (bytes) handed to one matrix multiply. A batch
 # is split into the fewest equal chunks whose patches fit: measured on a
@@ -53,6 +53,9 @@ IMPLEMENTATIONS = ("auto", "lax", "matmul")
 # batch, whose patch matrix (80 MB for mnist_cnn's second convolution at
 # batch 128) does not fit in cache.
 PATCH_CHUNK_BYTES = 2**21
+
+# Largest x + dy block (bytes) of one batch chunk of the hybrid kernel gradient.
+GRAD_CHUNK_BYTES = 2**19
 
 _implementation = os.environ.get("CNNJAX_FAST_OPS", "auto")
 
@@ -197,6 +200,104 @@ def conv2d_matmul(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (
   return _chunked_conv(x, kernel, strides, pads, chunks)
 
 
+def _kernel_grad_chunk(x: jax.Array, g: jax.Array, kernel_shape: tuple[int, ...],
+                       strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """dL/dkernel [kh, kw, Cin, Cout] of one batch chunk, as a forward convolution.
+
+  dK[i, j, c, o] = sum_{n,h,w} xp[n, h*sh + i, w*sw + j, c] * g[n, h, w, o] is a
+  VALID cross-correlation of xp laid out [Cin, Hp, Wp, N] (Cin as the batch, N
+  as the features) with g laid out [Ho, Wo, N, Cout] as the kernel, dilated by
+  the strides. XLA's CPU forward convolution runs this near matmul speed, while
+  the kernel gradient XLA derives itself (batch-grouped) runs 2x slower.
+  """
+  kh, kw, _, _ = kernel_shape
+  (pt, pb), (pl, pr) = pads
+  sh, sw = strides
+  ho, wo = g.shape[1], g.shape[2]
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+  # Rows/columns past the last window are never read; crop them so the output is kh x kw.
+  xp = xp[:, :kh + (ho - 1) * sh, :kw + (wo - 1) * sw]
+  out = lax.conv_general_dilated(
+      xp.transpose(3, 1, 2, 0), g.transpose(1, 2, 0, 3), window_strides=(1, 1),
+      padding="VALID", rhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return out.transpose(1, 2, 0, 3)
+
+
+def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...],
+                strides: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  """dL/dx [N, H, W, Cin] as a forward convolution of dy with the flipped kernel.
+
+  The transpose of a correlation with stride s and padding (lo, hi) is a
+  correlation of dy dilated by s (s - 1 zeros between entries) and padded by
+  (kh - 1 - lo, kh - 1 - hi + r), with the kernel flipped spatially and its
+  in/out axes swapped; r = (H + lo + hi - kh) mod s are the input rows no
+  window reached. Written as an explicit pad + plain forward convolution
+  because XLA's own input gradient (an lhs-dilated convolution) runs 5-10x
+  slower on CPU inside a loop (measured in docs/performance.md).
+  """
+  kh, kw, _, _ = kernel.shape
+  (pt, pb), (pl, pr) = pads
+  sh, sw = strides
+  rh = (x_shape[1] + pt + pb - kh) % sh
+  rw = (x_shape[2] + pl + pr - kw) % sw
+  zero = jnp.zeros((), g.dtype)
+  gp = lax.pad(g, zero, ((0, 0, 0), (kh - 1 - pt, kh - 1 - pb + rh, sh - 1),
+                         (kw - 1 - pl, kw - 1 - pr + rw, sw - 1), (0, 0, 0)))
+  kflip = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+  return lax.conv_general_dilated(gp, kflip, (1, 1), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _grad_chunks(batch: int, bytes_per_example: int) -> int:
+  """Fewest equal batch chunks whose x and dy blocks fit GRAD_CHUNK_BYTES."""
+  for m in range(1, batch + 1):
+    if batch % m == 0 and (batch // m) * bytes_per_example <= GRAD_CHUNK_BYTES:
+      return m
+  return batch
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _hybrid_conv(x, kernel, strides, pads):
+  return conv2d_lax(x, kernel, strides=strides, padding=pads)
+
+
+def _hybrid_conv_fwd(x, kernel, strides, pads):
+  return _hybrid_conv(x, kernel, strides, pads), (x, kernel)
+
+
+def _hybrid_conv_bwd(strides, pads, residuals, g):
+  x, kernel = residuals
+  # The input gradient is XLA's own (a forward convolution of dy with the
+  # flipped kernel, fast on CPU); jit drops it where x needs no gradient.
+  dx = _input_grad(g, kernel, x.shape, strides, pads)
+  itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
+  chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize)
+  if chunks == 1:
+    dkernel = _kernel_grad_chunk(x, g, kernel.shape, strides, pads)
+  else:
+    xs = x.reshape(chunks, -1, *x.shape[1:])
+    gs = g.reshape(chunks, -1, *g.shape[1:])
+    dkernel, _ = lax.scan(
+        lambda acc, xg: (acc + _kernel_grad_chunk(xg[0], xg[1], kernel.shape, strides, pads), None),
+        jnp.zeros(kernel.shape, jnp.result_type(x.dtype, g.dtype)), (xs, gs))
+  return dx, dkernel.astype(kernel.dtype)
+
+
+_hybrid_conv.defvjp(_hybrid_conv_fwd, _hybrid_conv_bwd)
+
+
+def conv2d_hybrid(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
+                  padding: Padding = "SAME") -> jax.Array:
+  """`conv2d` by XLA's convolution, with the kernel gradient as a chunked forward convolution.
+
+  Same arguments and result as `conv2d_lax`; see the module docstring.
+  """
+  strides = tuple(int(s) for s in strides)
+  kh, kw, _, _ = kernel.shape
+  pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
+  return _hybrid_conv(x, kernel, strides, pads)
+
+
 def conv2d(
     x: jax.Array,
     kernel: jax.Array,
@@ -222,8 +323,11 @@ def conv2d(
            [26., 30., 34.],
            [42., 46., 50.]], dtype=float32)
   """
-  if current_implementation() == "lax":
+  impl = current_implementation()
+  if impl == "lax":
     return conv2d_lax(x, kernel, strides=strides, padding=padding)
+  if impl == "hybrid":
+    return conv2d_hybrid(x, kernel, strides=strides, padding=padding)
   return conv2d_matmul(x, kernel, strides=strides, padding=padding)
 
 
@@ -286,8 +390,45 @@ def max_pool(
   strides = window if strides is None else tuple(int(s) for s in strides)
   if current_implementation() == "lax" or not _is_tiling(window, strides):
     return max_pool_lax(x, window, strides, padding)
-  blocks, _, _ = _blocks(x, window, padding, -jnp.inf)
+  pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], window, window, padding))
+  return _tiled_max_pool(x, window, pads)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tiled_max_pool(x: jax.Array, window: tuple[int, int],
+                    pads: tuple[tuple[int, int], ...]) -> jax.Array:
+  blocks, _, _ = _blocks(x, window, pads, -jnp.inf)
   return jnp.max(blocks, axis=(2, 4))
+
+
+def _tiled_max_pool_fwd(x, window, pads):
+  y = _tiled_max_pool(x, window, pads)
+  return y, (x, y)
+
+
+def _tiled_max_pool_bwd(window, pads, residuals, g):
+  x, y = residuals
+  blocks, vjp_blocks = jax.vjp(lambda a: _blocks(a, window, pads, -jnp.inf)[0], x)
+  # Each window's gradient goes to its first maximal entry in row-major
+  # order: the rule of lax's select-and-scatter (`ge` select), so values and
+  # gradients equal the "lax" formulation exactly. One elementwise pass
+  # instead of the equality mask, tie count and division that autodiff of
+  # `jnp.max` builds (measured 3x faster, docs/performance.md).
+  a, b = window
+  taken = jnp.zeros(y.shape, bool)
+  grads = []
+  for i in range(a):
+    row = []
+    for j in range(b):
+      hit = (blocks[:, :, i, :, j, :] == y) & ~taken
+      taken = taken | hit
+      row.append(jnp.where(hit, g, jnp.zeros((), g.dtype)))
+    grads.append(jnp.stack(row, axis=3))
+  (dx,) = vjp_blocks(jnp.stack(grads, axis=2))
+  return (dx,)
+
+
+_tiled_max_pool.defvjp(_tiled_max_pool_fwd, _tiled_max_pool_bwd)
 
 
 def avg_pool_lax(x: jax.Array, window: Sequence[int] = (2, 2), strides: Sequence[int] | None = None,

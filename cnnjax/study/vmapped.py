@@ -52,13 +52,6 @@ __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
 Log = Callable[[str], None]
 
 
-def _augment_fn(aug_config) -> steps_lib.AugmentFn | None:
-  # The per-example augmentation a single run uses (loop.py builds the same function).
-  if augment_lib.is_identity(aug_config):
-    return None
-  return lambda key, image: augment_lib.augment_batch(key, image[None], aug_config)[0]
-
-
 def _microbatches(config: ml_collections.ConfigDict) -> int:
   # The split a single run resolves (microbatches=0 means auto, see steps.py).
   resolve = getattr(steps_lib, "resolve_microbatches", None)
@@ -179,7 +172,7 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
     states.append(s.replace(opt_state=optimizers.set_learning_rate_scale(s.opt_state, lr)))
     rngs.append(train_rng)
 
-  augment_fn = _augment_fn(c0.augment)
+  augment_fn = augment_lib.per_example_fn(c0.augment)
   microbatches = _microbatches(c0)
   skip = c0.on_nonfinite == "skip"
 

@@ -112,12 +112,6 @@ def threading_is_main() -> bool:
   return threading.current_thread() is threading.main_thread()
 
 
-def _augment_fn(aug_config) -> steps_lib.AugmentFn | None:
-  if augment_lib.is_identity(aug_config):
-    return None
-  return lambda key, image: augment_lib.augment_batch(key, image[None], aug_config)[0]
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        allow_config_change: bool = False) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its checkpoints if any.
@@ -196,8 +190,8 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
       config.microbatches, per_device_batch=config.batch_size // par.num_devices,
       has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend())
   train_fn = par.compile_train(functools.partial(
-      steps_lib.train_step, loss_fn=loss_fn, augment_fn=_augment_fn(config.augment),
-      microbatches=microbatches, skip_nonfinite=skip))
+      steps_lib.train_step, loss_fn=loss_fn,
+      augment_fn=augment_lib.per_example_fn(config.augment), microbatches=microbatches, skip_nonfinite=skip))
   eval_fn = par.compile_eval(functools.partial(
       steps_lib.eval_step, loss_fn=loss_fn, num_classes=info.num_classes))
 
