@@ -73,7 +73,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "step", "exponential",
 
 # name -> (optax alias, preset keyword arguments, default learning rate).
 # The first eight rates are the source tutorials' (SOURCE.md); the others are
-# the papers' / reference implementations' defaults, cited in docs/optimizers.md.
+# the papers' / reference implementations' defaults, cited in the README, "Optimizers".
 _NAMED: dict[str, tuple[str, dict[str, Any], float]] = {
     "sgd": ("sgd", {}, 0.01),
     "momentum": ("sgd", {"momentum": 0.9}, 0.01),

@@ -77,7 +77,7 @@ BIN_X = rand(B, 7, seed=5, scale=3)
 
 
 def test_counterpart_table_covers_the_tests():
-  # The count reported in docs/losses.md.
+  # The count reported in the README, "Losses".
   assert len(TORCH_COUNTERPARTS) == 18
   assert set(TORCH_COUNTERPARTS) <= set(L.names())
 

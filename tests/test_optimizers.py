@@ -452,7 +452,7 @@ def test_validation_accepts_base_config_and_checks_total_steps():
 
 # (our name, config overrides, torch optimizer name, torch kwargs).
 # Conventions reconciled by choosing the torch arguments (see
-# docs/optimizers.md): RMSprop alpha 0.9 (torch default 0.99); Adagrad
+# README, "Optimizers"): RMSprop alpha 0.9 (torch default 0.99); Adagrad
 # initial accumulator 0.1 (torch default 0); NAdam momentum_decay -> infinity
 # (torch's Dozat schedule mu_t = b1 (1 - 0.5 * 0.96^(0.004 t)) becomes b1).
 # Remaining differences are eps placement: optax sqrt(v + eps) vs torch
