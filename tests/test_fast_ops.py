@@ -29,11 +29,19 @@ CONV_CASES = [
 ]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _conv_outputs(conv, x, k, strides, padding):
-  """Output, and value and gradients of a non-linear read-out (one compilation)."""
+def _conv_outputs_fn(conv, x, k, strides, padding):
   f = lambda a, b: jnp.sum(jnp.sin(conv(a, b, strides=strides, padding=padding)))
   return conv(x, k, strides=strides, padding=padding), jax.value_and_grad(f, argnums=(0, 1))(x, k)
+
+
+def _conv_outputs(conv, x, k, strides, padding):
+  """Output, and value and gradients of a non-linear read-out (one compilation).
+
+  A fresh function per call: jit's trace cache does not see the module
+  constants (chunk budgets) that the tests patch.
+  """
+  fresh = jax.jit(lambda *a: _conv_outputs_fn(*a), static_argnums=(0, 3, 4))
+  return fresh(conv, x, k, strides, padding)
 
 
 @pytest.mark.parametrize("chunk_bytes", [fast_ops.PATCH_CHUNK_BYTES, 512],
@@ -53,6 +61,46 @@ def test_conv2d_matmul_equals_lax(monkeypatch, chunk_bytes, ksize, padding, stri
   np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-4)
   np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("forward", ["xla", "im2col"])
+@pytest.mark.parametrize("chunk_bytes", [fast_ops.GRAD_CHUNK_BYTES, 512],
+                         ids=["one_chunk", "many_chunks"])
+@pytest.mark.parametrize("ksize,padding,strides,side", CONV_CASES)
+def test_conv2d_hybrid_equals_lax(monkeypatch, forward, chunk_bytes, ksize, padding, strides,
+                                  side):
+  # The hand-written input gradient (dilated, padded dy against the flipped
+  # kernel) and kernel gradient (transposed forward convolution, chunked when
+  # the budget is tiny) against XLA's autodiff of lax.conv_general_dilated.
+  monkeypatch.setattr(fast_ops, "GRAD_CHUNK_BYTES", chunk_bytes)
+  monkeypatch.setattr(fast_ops, "IM2COL_FORWARD_MAX_CIN", 0 if forward == "xla" else 100)
+  kx, kk = jax.random.split(jax.random.key(ksize * 100 + side))
+  x = jax.random.normal(kx, (4, side, side, 3))
+  k = jax.random.normal(kk, (ksize, ksize, 3, 5)) / ksize
+  padding = padding if isinstance(padding, str) else tuple(padding)
+  y_ref, (v_ref, (gx_ref, gk_ref)) = _conv_outputs(fast_ops.conv2d_lax, x, k, strides, padding)
+  y, (v, (gx, gk)) = _conv_outputs(fast_ops.conv2d_hybrid, x, k, strides, padding)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
+
+
+def test_conv2d_hybrid_strides_leaving_rows_unread():
+  # Stride 3 over 11 rows with a 5-tap kernel: (11 + 2 + 0 - 5) mod 3 = 2 input
+  # rows are read by no window, so their gradient must be exactly zero.
+  x = jax.random.normal(jax.random.key(0), (2, 11, 11, 2))
+  k = jax.random.normal(jax.random.key(1), (5, 5, 2, 3))
+  pads = ((2, 0), (0, 3))
+  f = lambda conv: jax.value_and_grad(
+      lambda a, b: jnp.sum(jnp.sin(conv(a, b, strides=(3, 2), padding=pads))), argnums=(0, 1))
+  (v, (gx, gk)), (v_ref, (gx_ref, gk_ref)) = f(fast_ops.conv2d_hybrid)(x, k), f(
+      fast_ops.conv2d_lax)(x, k)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
+  assert float(jnp.abs(gx[:, -2:]).max()) == 0.0
 
 
 def test_conv2d_chunks_divide_batch(monkeypatch):
@@ -109,16 +157,16 @@ def test_pooling_equals_lax(kind, window, strides, padding, side):
   np.testing.assert_allclose(g, g_ref, rtol=1e-6, atol=1e-6)
 
 
-def test_max_pool_ties_split_the_gradient():
-  # One 2x2 window of equal values. By hand: the max is 1; lax gives the whole
-  # unit gradient to the first element, the reshape form splits it 1/4 each.
-  x = jnp.ones((1, 2, 2, 1))
-  with fast_ops.implementation("matmul"):
+def test_max_pool_ties_route_the_gradient_like_lax():
+  # Windows with tied maxima. By hand: the whole gradient of a window goes to
+  # its first maximal entry in row-major order (lax's select-and-scatter).
+  x = jnp.array([[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0]]).reshape(1, 2, 4, 1)
+  with fast_ops.implementation("hybrid"):
     g = jax.grad(lambda a: jnp.sum(fast_ops.max_pool(a)))(x)
   g_ref = jax.grad(lambda a: jnp.sum(fast_ops.max_pool_lax(a)))(x)
-  np.testing.assert_allclose(g[0, :, :, 0], [[0.25, 0.25], [0.25, 0.25]])
-  np.testing.assert_allclose(g_ref[0, :, :, 0], [[1.0, 0.0], [0.0, 0.0]])
-  assert float(g.sum()) == float(g_ref.sum()) == 1.0
+  expected = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
+  np.testing.assert_array_equal(g[0, :, :, 0], expected)
+  np.testing.assert_array_equal(g_ref[0, :, :, 0], expected)
 
 
 def test_max_pool_keeps_bfloat16():
@@ -131,14 +179,14 @@ def test_max_pool_keeps_bfloat16():
 
 def test_implementation_dispatch():
   assert fast_ops.current_implementation() == (
-      "matmul" if jax.default_backend() == "cpu" else "lax")
+      "hybrid" if jax.default_backend() == "cpu" else "lax")
   with fast_ops.implementation("lax"):
     assert fast_ops.current_implementation() == "lax"
   with pytest.raises(ValueError, match="'im2col'"):
     fast_ops.set_implementation("im2col")
 
 
-def _train_losses(model_name, input_shape, implementation, steps=5):
+def _train_losses(model_name, input_shape, implementation, steps=5, microbatches=1):
   """Losses of `steps` library train steps under one fast_ops implementation."""
   from cnnjax import losses, models, optimizers
   from cnnjax.training import state as state_lib
@@ -152,7 +200,8 @@ def _train_losses(model_name, input_shape, implementation, steps=5):
     tx = optimizers.make_optimizer(opt, steps)
     state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
     loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
-    step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn))
+    step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn,
+                                     microbatches=microbatches))
     rng = np.random.default_rng(0)
     out = []
     for i in range(steps):
@@ -163,12 +212,16 @@ def _train_losses(model_name, input_shape, implementation, steps=5):
   return np.array(out)
 
 
-@pytest.mark.parametrize("model_name,input_shape", [
-    ("keras_cifar_cnn", (32, 32, 3)),
-    ("mnist_cnn", (28, 28, 1)),
+@pytest.mark.parametrize("model_name,input_shape,microbatches", [
+    ("keras_cifar_cnn", (32, 32, 3), 2),
+    # mnist_cnn has dropout, whose masks are drawn per micro-batch: a split
+    # changes the trajectory whatever the formulation, so compare whole batches.
+    ("mnist_cnn", (28, 28, 1), 1),
 ])
-def test_training_trajectory_matches_lax(model_name, input_shape):
-  fast = _train_losses(model_name, input_shape, "matmul")
+def test_training_trajectory_matches_lax(model_name, input_shape, microbatches):
   plain = _train_losses(model_name, input_shape, "lax")
-  assert np.all(np.isfinite(fast))
-  np.testing.assert_allclose(fast, plain, rtol=1e-4)
+  # The default formulation ("auto" = "hybrid" on CPU) and "matmul".
+  for implementation, mb in (("auto", microbatches), ("matmul", 1)):
+    fast = _train_losses(model_name, input_shape, implementation, microbatches=mb)
+    assert np.all(np.isfinite(fast))
+    np.testing.assert_allclose(fast, plain, rtol=1e-4, err_msg=implementation)

@@ -4,32 +4,36 @@ All models call these functions, never `lax.conv_general_dilated` or
 `nn.max_pool` directly, so a faster formulation can be swapped in at one place.
 Layout is NHWC for activations and HWIO for kernels (Flax's convention).
 
-Two formulations exist for each op:
+Three formulations exist for the convolution:
 
 * ``"lax"``: `lax.conv_general_dilated` / `lax.reduce_window`. On GPU and TPU
   these lower to cuDNN / the TPU convolution units and are the fast choice.
-* ``"matmul"``: convolution as im2col patches times the reshaped kernel (one
-  matrix multiply per batch chunk, with a hand-written chunked gradient) and
-  pooling with a non-overlapping window as a reduction over a reshaped view.
-  On CPU this is several times faster for training: XLA's CPU convolution
-  gradients and the select-and-scatter gradient of `reduce_window` max are
-  slow, while its matrix multiply is close to the machine's peak when the
-  operands fit in cache. The measured effect of each piece is in
-  ``docs/performance.md``.
+* ``"hybrid"`` (the CPU default): the forward pass is XLA's own convolution
+  (im2col + matmul below ``IM2COL_FORWARD_MAX_CIN`` input channels); a
+  hand-written gradient computes dx as a plain forward convolution of the
+  dilated, padded dy with the flipped kernel, and the kernel gradient as a
+  forward convolution of the transposed input with the transposed dy, chunked
+  over the batch. XLA's own CPU gradients of a convolution (lhs-dilated and
+  batch-grouped convolutions) run 2-10x slower, worst inside loops.
+* ``"matmul"``: im2col patches times the reshaped kernel (one matrix multiply
+  per batch chunk, with a hand-written chunked gradient). The previous CPU
+  default, kept for comparison.
 
-``"auto"`` (the default) picks ``"matmul"`` when `jax.default_backend()` is
+Pooling with a window equal to its stride is, outside ``"lax"``, a reduction
+over a reshaped ``[N, Ho, a, Wo, b, C]`` view with a hand-written gradient
+that sends each window's gradient to its first maximal entry in row-major
+order, the rule of lax's select-and-scatter: values and gradients equal
+``"lax"`` exactly, ties included. Overlapping windows use `lax.reduce_window`.
+
+``"auto"`` (the default) picks ``"hybrid"`` when `jax.default_backend()` is
 ``"cpu"`` and ``"lax"`` otherwise. The choice is read when a function is
 traced: set it with `set_implementation` (or the ``CNNJAX_FAST_OPS``
 environment variable) before the step is compiled; a function that was
 already compiled keeps the formulation it was traced with.
 
-Both formulations give the same values and gradients up to float rounding,
-with one documented exception: where several inputs of a max-pooling window
-tie for the maximum, ``"lax"`` sends the whole gradient to the first of them
-and ``"matmul"`` splits it equally between them (the rule of `jnp.max`). The
-sum of the gradient over the window is the same. After a ReLU, ties are
-windows of zeros whose upstream gradient is zero anyway, so training
-trajectories agree.
+Importing this module also asks XLA:CPU to keep convolutions out of its
+YNNPACK fusions (see ``_CONV_FLAG``): its Eigen convolution is ~1.8x faster
+here. The measured effect of each piece is in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -54,8 +58,25 @@ IMPLEMENTATIONS = ("auto", "lax", "matmul", "hybrid")
 # batch 128) does not fit in cache.
 PATCH_CHUNK_BYTES = 2**21
 
-# Largest x + dy block (bytes) of one batch chunk of the hybrid kernel gradient.
-GRAD_CHUNK_BYTES = 2**19
+# Largest x + dy block (bytes) of one batch chunk of the "hybrid" kernel
+# gradient. With XLA's own (Eigen) convolutions, 2-core CPU, train step at
+# batch 128 in 2 micro-batches: keras_cifar_cnn 3,805 / 4,000 / 4,392 / 4,399
+# images/s with 2**19 / 2**21 / 2**23 / unchunked; mnist_cnn flat (+-5%).
+GRAD_CHUNK_BYTES = 2**23
+
+# Below this many input channels the "hybrid" forward pass is im2col + matmul:
+# XLA's convolution is slow for Cin = 1 or 3 (keras_cifar_cnn: 3,545 vs 3,355
+# images/s with it).
+IM2COL_FORWARD_MAX_CIN = 8
+
+# XLA:CPU hands convolutions to its YNNPACK library by default; its own (Eigen)
+# convolution is ~1.8x faster for every convolution the models use (mnist_cnn
+# conv2 forward: 17.2 -> 9.5 ms at batch 128). The flag only takes effect if set
+# before JAX starts its CPU backend, i.e. when cnnjax is imported before the
+# first computation; a user setting of the same flag wins.
+_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
+if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _CONV_FLAG).strip()
 
 _implementation = os.environ.get("CNNJAX_FAST_OPS", "auto")
 
@@ -64,8 +85,8 @@ def set_implementation(name: str) -> None:
   """Selects the formulation used by functions traced from now on.
 
   Args:
-    name: ``"auto"`` (``"matmul"`` on CPU, ``"lax"`` elsewhere), ``"lax"`` or
-      ``"matmul"``.
+    name: ``"auto"`` (``"hybrid"`` on CPU, ``"lax"`` elsewhere), ``"lax"``,
+      ``"hybrid"`` or ``"matmul"``.
 
   Examples:
     >>> set_implementation("lax")
@@ -91,12 +112,12 @@ def implementation(name: str) -> Iterator[None]:
 
 
 def current_implementation() -> str:
-  """The resolved formulation, ``"lax"`` or ``"matmul"``, for a trace now."""
+  """The resolved formulation, ``"lax"``, ``"hybrid"`` or ``"matmul"``, for a trace now."""
   if _implementation not in IMPLEMENTATIONS:
     raise ValueError(
         f"CNNJAX_FAST_OPS={_implementation!r} is not one of {IMPLEMENTATIONS}")
   if _implementation == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "lax"
+    return "hybrid" if jax.default_backend() == "cpu" else "lax"
   return _implementation
 
 
@@ -256,19 +277,21 @@ def _grad_chunks(batch: int, bytes_per_example: int) -> int:
   return batch
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _hybrid_conv(x, kernel, strides, pads):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _hybrid_conv(x, kernel, strides, pads, im2col_forward):
+  if im2col_forward:
+    return _im2col_conv(x, kernel, strides, pads)
   return conv2d_lax(x, kernel, strides=strides, padding=pads)
 
 
-def _hybrid_conv_fwd(x, kernel, strides, pads):
-  return _hybrid_conv(x, kernel, strides, pads), (x, kernel)
+def _hybrid_conv_fwd(x, kernel, strides, pads, im2col_forward):
+  return _hybrid_conv(x, kernel, strides, pads, im2col_forward), (x, kernel)
 
 
-def _hybrid_conv_bwd(strides, pads, residuals, g):
+def _hybrid_conv_bwd(strides, pads, im2col_forward, residuals, g):
+  del im2col_forward
   x, kernel = residuals
-  # The input gradient is XLA's own (a forward convolution of dy with the
-  # flipped kernel, fast on CPU); jit drops it where x needs no gradient.
+  # jit drops dx where x needs no gradient (a model's first layer).
   dx = _input_grad(g, kernel, x.shape, strides, pads)
   itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
   chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize)
@@ -288,14 +311,22 @@ _hybrid_conv.defvjp(_hybrid_conv_fwd, _hybrid_conv_bwd)
 
 def conv2d_hybrid(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
                   padding: Padding = "SAME") -> jax.Array:
-  """`conv2d` by XLA's convolution, with the kernel gradient as a chunked forward convolution.
+  """`conv2d` with hand-written gradients that are plain forward convolutions.
 
-  Same arguments and result as `conv2d_lax`; see the module docstring.
+  Same arguments and result as `conv2d_lax` (x [N, H, W, Cin], kernel
+  [kh, kw, Cin, Cout] -> [N, Ho, Wo, Cout]); see the module docstring.
+
+  Examples:
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> k = jnp.ones((2, 2, 1, 1))
+    >>> jax.grad(lambda k: conv2d_hybrid(x, k, padding="VALID").sum())(k)[:, :, 0, 0]
+    Array([[45., 54.],
+           [81., 90.]], dtype=float32)
   """
   strides = tuple(int(s) for s in strides)
-  kh, kw, _, _ = kernel.shape
+  kh, kw, cin, _ = kernel.shape
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
-  return _hybrid_conv(x, kernel, strides, pads)
+  return _hybrid_conv(x, kernel, strides, pads, cin < IM2COL_FORWARD_MAX_CIN)
 
 
 def conv2d(
@@ -376,9 +407,9 @@ def max_pool(
   """Max pooling over the spatial axes of ``x`` [N, H, W, C].
 
   Padding counts as -inf. A window equal to its stride (the usual 2x2/2) is
-  computed as a max over a reshaped view under the ``"matmul"``
-  implementation; other windows use `lax.reduce_window`. Ties: see the
-  module docstring.
+  computed as a max over a reshaped view outside the ``"lax"``
+  implementation; other windows use `lax.reduce_window`. Ties: the gradient
+  goes to the first maximum, as in lax (see the module docstring).
 
   Examples:
     >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
