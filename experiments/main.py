@@ -55,7 +55,8 @@ _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks for errors.
 
 
 def _default_workdir() -> str:
-  name = os.path.splitext(os.path.basename(_CONFIG.config_filename or "default"))[0]
+  filename = config_flags.get_config_filename(flags.FLAGS["config"]) or "default"
+  name = os.path.splitext(os.path.basename(filename.split(":")[0]))[0]
   return os.path.join("runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
 
 

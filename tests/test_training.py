@@ -158,3 +158,20 @@ def test_eval_step_counts_only_masked_in_examples():
   np.testing.assert_allclose(full["loss_sum"], sliced["loss_sum"], rtol=1e-6)
   np.testing.assert_array_equal(full["confusion"], sliced["confusion"])
   assert float(full["confusion"].sum()) == 10
+
+
+def test_main_without_workdir_creates_a_timestamped_run(tmp_path, data_dir):
+  """README command 1 passes no --workdir: the run goes to runs/<config>-<timestamp>."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "PYTHONPATH": repo, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run(
+      [sys.executable, "-m", "experiments.main", "--config.num_train_steps=2",
+       "--config.progress=none", f"--config.data_dir={data_dir}"],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  (run,) = os.listdir(tmp_path / "runs")
+  assert run.startswith("default-")
+  assert json.load(open(tmp_path / "runs" / run / "summary.json"))["status"] == "completed"
+  assert "test accuracy" in proc.stdout
