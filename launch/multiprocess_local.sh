@@ -12,12 +12,17 @@ for ((i = 0; i < n; i++)); do
   JAX_PROCESS_ID="${i}" python -m experiments.main --config.distributed=True "$@" &
   pids+=("$!")
 done
+# Ctrl-C or SIGTERM to this script reaches every process (each saves and stops).
+trap 'kill -TERM "${pids[@]}" 2>/dev/null || true' TERM INT
 # If one process fails, stop the others: they would otherwise wait in a
-# collective until jax's heartbeat timeout.
+# collective until jax's heartbeat timeout. The first failure's exit code is
+# the script's (143 for SIGTERM, 130 for Ctrl-C, 2 for bad input, 3 diverged).
 status=0
 for ((i = 0; i < n; i++)); do
-  if ! wait -n; then
-    status=1
+  rc=0
+  wait -n || rc=$?
+  if ((rc != 0 && status == 0)); then
+    status=${rc}
     kill "${pids[@]}" 2>/dev/null || true
   fi
 done

@@ -99,3 +99,44 @@ def test_two_processes_match_one(reference, tmp_path, data_dir):
   assert files_outside_checkpoints(workdir) == files_outside_checkpoints(reference)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == sorted(
       os.listdir(os.path.join(reference, "checkpoints")))
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(reference, tmp_path, data_dir):
+  """A signal reaching one process only: both stop together at a sync point, checkpoint, 143.
+
+  Without the agreement the signalled process would leave its peer waiting in
+  the collective checkpoint save.
+  """
+  import signal
+  import time
+  workdir = str(tmp_path / "signalled")
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
+  env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+  cmd = [os.path.join(REPO_ROOT, "launch", "multiprocess_local.sh"), "2",
+         f"--workdir={workdir}", f"--config.data_dir={data_dir}",
+         "--config.num_train_steps=100000", "--config.log_every_steps=5",
+         "--config.progress=none"]
+  launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+  try:
+    deadline = time.time() + 240
+    while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
+      assert time.time() < deadline and launcher.poll() is None, "training never started"
+      time.sleep(0.5)
+    pids = subprocess.run(["pgrep", "-f", "--", f"--workdir={workdir}"], capture_output=True,
+                          text=True).stdout.split()
+    workers = [p for p in pids if int(p) != launcher.pid and
+               "python" in open(f"/proc/{p}/cmdline").read()]
+    assert len(workers) == 2, workers
+    os.kill(int(max(workers, key=int)), signal.SIGTERM)  # the second process only
+    _, stderr = launcher.communicate(timeout=180)
+  finally:
+    if launcher.poll() is None:
+      launcher.kill()
+  assert launcher.returncode == 143, stderr[-3000:]
+  messages = [line for line in stderr.splitlines() if line.startswith("interrupted by")]
+  assert len(messages) == 2 and messages[0] == messages[1], messages  # same step on both
+  with open(os.path.join(workdir, "summary.json")) as f:
+    summary = json.load(f)
+  assert summary["status"] == "interrupted"
+  assert str(summary["steps"]) in os.listdir(os.path.join(workdir, "checkpoints"))

@@ -241,6 +241,15 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
     checkpointer.save(step, par.get_state(state), meta, val_accuracy)
 
   signals.training = True
+
+  def stop_requested(sync_point: bool) -> bool:
+    """Whether to stop for a signal. With several processes only at sync points,
+    where every process asks together: the checkpoint that follows is collective,
+    and a process stopping alone would leave the others waiting in it."""
+    if pcount == 1:
+      return signals.received is not None
+    return sync_point and par.any_process(signals.received is not None)
+
   pending: list[Any] = []   # device metrics of steps not yet fetched
   last_log: dict[str, float] = {}
   consecutive_nonfinite = 0
@@ -310,11 +319,11 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
           # At an epoch's last step the interrupt waits for the epoch-end
           # checkpoint below, so every checkpoint at such a step has its epoch
           # closed (history, validation) and one step is never saved twice.
-          if signals.received is not None and not epoch_end:
+          if not epoch_end and stop_requested(step % config.log_every_steps == 0):
             flush()
             meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
             save()
-            raise _interrupted(signals.received, step, total_steps)
+            raise _interrupted(signals.received or signal.SIGTERM, step, total_steps)
           if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
               and not epoch_end):
             flush()
@@ -378,8 +387,8 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
       meta["history"].append(record)
       meta["train_seconds"] = train_seconds
       save(val_acc)
-      if signals.received is not None:
-        raise _interrupted(signals.received, step, total_steps)
+      if stop_requested(True):
+        raise _interrupted(signals.received or signal.SIGTERM, step, total_steps)
       if val_acc is not None:
         progress.message(f"epoch {epoch}/{num_epochs}: train loss {record['train_loss']:.4f} "
                          f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
