@@ -116,8 +116,9 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(reference, tmp_path,
          f"--workdir={workdir}", f"--config.data_dir={data_dir}",
          "--config.num_train_steps=100000", "--config.log_every_steps=5",
          "--config.progress=none"]
+  # Its own process group, so that a failing test can stop the workers too.
   launcher = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True)
+                              text=True, start_new_session=True)
   try:
     deadline = time.time() + 240
     while not os.path.exists(os.path.join(workdir, "metrics.jsonl")):
@@ -132,7 +133,8 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(reference, tmp_path,
     _, stderr = launcher.communicate(timeout=180)
   finally:
     if launcher.poll() is None:
-      launcher.kill()
+      os.killpg(launcher.pid, signal.SIGKILL)
+      launcher.wait()
   assert launcher.returncode == 143, stderr[-3000:]
   messages = [line for line in stderr.splitlines() if line.startswith("interrupted by")]
   assert len(messages) == 2 and messages[0] == messages[1], messages  # same step on both
