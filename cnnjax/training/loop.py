@@ -179,8 +179,9 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
   state = create_train_state(init_rng, model, tx, info.image_shape,
                              ema_decay=config.optimizer.ema_decay)
   # The train step donates the state's buffers, so the rollback keeps its own
-  # host copy of the initial state and restores against shapes, not buffers.
-  initial = jax.device_get(state)
+  # host copy of the initial state (only that policy needs it) and restores
+  # against shapes, not buffers.
+  initial = jax.device_get(state) if config.on_nonfinite == "rollback" else None
   template = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
       if isinstance(x, jax.Array) else x, state)
