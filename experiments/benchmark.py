@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags, logging
 
-from cnnjax import losses, models, optimizers
+from cnnjax import cpu_runtime, losses, models, optimizers
 from cnnjax.data import catalog
 from cnnjax.data import pipeline
 from cnnjax.models import fast_ops
@@ -260,6 +260,7 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
       "backend": jax.default_backend(),
       "devices": [str(d) for d in jax.devices()],
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+      "cpu_runtime": cpu_runtime.settings(),
       "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
   }
   try:

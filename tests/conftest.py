@@ -10,6 +10,11 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
+from cnnjax import cpu_runtime  # noqa: E402
+
+# What every cnnjax entry point does on import, before JAX's first computation.
+cpu_runtime.configure()
+
 jax.config.update("jax_num_cpu_devices", 8)
 
 # One persistent compilation cache per test run, shared by every test, subprocess

@@ -87,6 +87,24 @@ def test_conv2d_hybrid_equals_lax(monkeypatch, forward, chunk_bytes, ksize, padd
   np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("cin", [1, 6], ids=["taps_leading", "taps_concatenated"])
+@pytest.mark.parametrize("ksize,padding,strides,side", CONV_CASES)
+def test_conv2d_hybrid_im2col_layouts_equal_lax(cin, ksize, padding, strides, side):
+  # im2col stacks its taps on a leading axis for Cin <= TAPS_LEADING_MAX_CIN
+  # and concatenates them along the channels above; the tests above use Cin = 3.
+  assert 1 <= fast_ops.TAPS_LEADING_MAX_CIN < 6 < fast_ops.IM2COL_FORWARD_MAX_CIN
+  kx, kk = jax.random.split(jax.random.key(ksize * 100 + side + cin))
+  x = jax.random.normal(kx, (4, side, side, cin))
+  k = jax.random.normal(kk, (ksize, ksize, cin, 5)) / ksize
+  padding = padding if isinstance(padding, str) else tuple(padding)
+  y_ref, (v_ref, (gx_ref, gk_ref)) = _conv_outputs(fast_ops.conv2d_lax, x, k, strides, padding)
+  y, (v, (gx, gk)) = _conv_outputs(fast_ops.conv2d_hybrid, x, k, strides, padding)
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5, atol=1e-4)
+  np.testing.assert_allclose(gx, gx_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
+
+
 def test_conv2d_hybrid_strides_leaving_rows_unread():
   # Stride 3 over 11 rows with a 5-tap kernel: (11 + 2 + 0 - 5) mod 3 = 2 input
   # rows are read by no window, so their gradient must be exactly zero.

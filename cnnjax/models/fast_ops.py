@@ -31,9 +31,10 @@ traced: set it with `set_implementation` (or the ``CNNJAX_FAST_OPS``
 environment variable) before the step is compiled; a function that was
 already compiled keeps the formulation it was traced with.
 
-Importing this module also asks XLA:CPU to keep convolutions out of its
-YNNPACK fusions (see ``_CONV_FLAG``): its Eigen convolution is ~1.8x faster
-here. The measured effect of each piece is in ``docs/performance.md``.
+Importing this module also applies `cnnjax.cpu_runtime.configure` (an XLA
+flag that keeps convolutions on XLA's faster Eigen kernels, and glibc malloc
+thresholds that stop every step from page-faulting its temporaries in). The
+measured effect of each piece is in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ from collections.abc import Iterator, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from cnnjax import cpu_runtime
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -69,14 +72,16 @@ GRAD_CHUNK_BYTES = 2**23
 # images/s with it).
 IM2COL_FORWARD_MAX_CIN = 8
 
-# XLA:CPU hands convolutions to its YNNPACK library by default; its own (Eigen)
-# convolution is ~1.8x faster for every convolution the models use (mnist_cnn
-# conv2 forward: 17.2 -> 9.5 ms at batch 128). The flag only takes effect if set
-# before JAX starts its CPU backend, i.e. when cnnjax is imported before the
-# first computation; a user setting of the same flag wins.
-_CONV_FLAG = "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution"
-if "xla_cpu_experimental_ynn_fusion_type" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _CONV_FLAG).strip()
+# Up to this many input channels im2col stacks its taps on a leading axis
+# ([taps, N, Ho, Wo]) instead of concatenating them along the channels.
+# One core, train step, batch 128: mnist_cnn 1,000 -> 1,065 images/s,
+# keras_cifar_cnn 2,630 -> 2,825 (docs/performance.md).
+TAPS_LEADING_MAX_CIN = 3
+
+# The XLA flag that keeps convolutions on XLA's Eigen kernels, and the malloc
+# settings that stop a per-step page-fault storm, must precede JAX's first
+# computation: applied on import (see cnnjax.cpu_runtime).
+cpu_runtime.configure()
 
 _implementation = os.environ.get("CNNJAX_FAST_OPS", "auto")
 
@@ -154,6 +159,14 @@ def _im2col_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   n, hp, wp, _ = xp.shape
   sh, sw = strides
   ho, wo = (hp - kh) // sh + 1, (wp - kw) // sw + 1
+  if cin <= TAPS_LEADING_MAX_CIN:
+    # Tap order (i, j, c) matches kernel.reshape(kh * kw * cin, cout) (HWIO).
+    # With the taps on the leading axis each is one contiguous strided copy; a
+    # channel-minor concatenation of 1-3 wide slices is a slow scatter.
+    taps = jnp.stack([lax.slice(xp, (0, i, j, c), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1,
+                                                   c + 1), (1, sh, sw, 1))[..., 0]
+                      for i in range(kh) for j in range(kw) for c in range(cin)])
+    return jnp.einsum("tnhw,to->nhwo", taps, kernel.reshape(kh * kw * cin, cout))
   # Tap order (i, j, c) matches kernel.reshape(kh * kw * cin, cout) (HWIO).
   taps = [lax.slice(xp, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, cin),
                     (1, sh, sw, 1))

@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from cnnjax import cpu_runtime
+
 _PACKAGES = ("cnnjax", "jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "ml-collections", "numpy", "scikit-learn")
 
@@ -54,4 +56,5 @@ def build(resolved_config: dict[str, Any], par, workdir: str) -> dict[str, Any]:
       "parallel": par.mode,
       "process_count": jax.process_count(),
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+      "cpu_runtime": cpu_runtime.settings(),
   }
