@@ -162,7 +162,7 @@ def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
 
 
 def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_window: int,
-                    microbatches: int, compare_torch: bool, donate: bool,
+                    requested_microbatches: int, compare_torch: bool, donate: bool,
                     peak_gflops: float) -> dict[str, object]:
   """Measures one model; returns the per-model JSON record."""
   input_shape = INPUT_SHAPES.get(name, (32, 32, 3))
@@ -172,6 +172,11 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
   loss_fn = losses.for_classification(config.loss.name, num_classes=10)
   state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
   n_params = state_lib.num_params(state.params)
+  # The same rule the training loop applies (0 = auto), so the default path is measured.
+  microbatches = steps_lib.resolve_microbatches(
+      requested_microbatches, per_device_batch=batch_size,
+      has_batch_norm=models.has_batch_norm(name), backend=jax.default_backend(),
+      num_params=n_params)
 
   step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn,
                                    microbatches=microbatches),
@@ -305,10 +310,7 @@ def main(argv: list[str]) -> None:
     record = benchmark_model(
         name, batch_size=FLAGS.batch_size, windows=FLAGS.windows,
         steps_per_window=FLAGS.steps_per_window,
-        # The same rule the training loop applies, so the default path is measured.
-        microbatches=steps_lib.resolve_microbatches(
-            requested, per_device_batch=FLAGS.batch_size,
-            has_batch_norm=models.has_batch_norm(name), backend=jax.default_backend()),
+        requested_microbatches=requested,
         compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops)
     result["models"][name] = record
     torch_part = (f", torch {record['torch_images_per_sec']:.0f} img/s, ratio {record['ratio']:.2f}"

@@ -17,7 +17,7 @@ def test_benchmark_model_smoke():
   except ImportError:
     compare_torch = False
   record = benchmark.benchmark_model(
-      "keras_cifar_cnn", batch_size=8, windows=1, steps_per_window=1, microbatches=2,
+      "keras_cifar_cnn", batch_size=8, windows=1, steps_per_window=1, requested_microbatches=2,
       compare_torch=compare_torch, donate=True, peak_gflops=100.0)
   # 122,570: the Keras tutorial's model.summary() for this architecture.
   assert record["params"] == 122_570

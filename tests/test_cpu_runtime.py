@@ -45,16 +45,18 @@ def _probe(**env_overrides: str) -> dict:
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_flag_is_in_xla_flags_of_this_process():
-  # conftest imports cnnjax before JAX starts, as every entry point does.
-  assert cpu_runtime.CONV_FLAG in os.environ["XLA_FLAGS"]
-  assert sorted(cpu_runtime.settings()) == ["malloc", "xla_flag"]
+def test_flags_are_in_xla_flags_of_this_process():
+  # conftest applies them before JAX starts, as importing cnnjax.models does.
+  for flag in cpu_runtime.XLA_CPU_FLAGS:
+    assert flag in os.environ["XLA_FLAGS"]
+  assert sorted(cpu_runtime.settings()) == ["malloc", "xla_flags"]
 
 
 def test_configure_is_idempotent():
   first = cpu_runtime.configure()
   assert cpu_runtime.configure() == first
-  assert os.environ["XLA_FLAGS"].count("xla_cpu_experimental_ynn_fusion_type") == 1
+  for flag in cpu_runtime.XLA_CPU_FLAGS:
+    assert os.environ["XLA_FLAGS"].count(flag.split("=", 1)[0]) == 1
 
 
 @pytest.mark.skipif(not GLIBC, reason="malloc tuning applies to glibc only")
@@ -81,4 +83,4 @@ def test_user_malloc_settings_win():
 
 def test_user_xla_flag_wins():
   probe = _probe(XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=dot")
-  assert probe["settings"]["xla_flag"] is None
+  assert probe["settings"]["xla_flags"] == [cpu_runtime.COPY_FLAG]

@@ -147,6 +147,43 @@ def test_microbatches_equal_one_batch_without_batchnorm():
   chex.assert_trees_all_close(one.params, four.params, rtol=1e-5, atol=1e-6)
 
 
+def test_grad_norm_and_nonfinite_flag():
+  """grad_norm equals optax's global norm of the same gradients; one inf entry flags the step."""
+  state, batch = _tiny_state_and_batch()
+  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
+
+  def reference_grads(params):
+    def objective(p):
+      logits, _ = state.apply_fn({"params": p, "batch_stats": state.batch_stats}, batch["image"],
+                                 train=True, mutable=["batch_stats"])
+      return jnp.mean(loss_fn(logits, batch["label"]))
+    return jax.grad(objective)(params)
+
+  step = jax.jit(lambda s: train_step(s, batch, jax.random.key(0), loss_fn=loss_fn))
+  _, metrics = step(state)
+  np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(reference_grads(state.params)),
+                             rtol=1e-5)
+  assert float(metrics["nonfinite"]) == 0.0
+
+  # An inf weight makes the loss and some gradients non-finite.
+  leaves, treedef = jax.tree.flatten(state.params)
+  leaves[0] = leaves[0].at[(0,) * leaves[0].ndim].set(jnp.inf)
+  _, metrics = step(state.replace(params=jax.tree.unflatten(treedef, leaves)))
+  assert float(metrics["nonfinite"]) == 1.0
+
+
+def test_auto_microbatches_rule():
+  from cnnjax.training.steps import resolve_microbatches
+  auto = lambda **kw: resolve_microbatches(0, **{
+      "per_device_batch": 128, "has_batch_norm": False, "backend": "cpu", **kw})
+  assert auto(num_params=122_570) == 2          # keras_cifar_cnn
+  assert auto(num_params=3_274_634) == 1        # mnist_cnn: weights re-read per part cost more
+  assert auto(num_params=1000, has_batch_norm=True) == 1
+  assert auto(num_params=1000, backend="gpu") == 1
+  assert auto(num_params=1000, per_device_batch=48) == 1   # halves of 24 are too small
+  assert resolve_microbatches(4, per_device_batch=128, has_batch_norm=True, backend="cpu") == 4
+
+
 def test_eval_step_counts_only_masked_in_examples():
   state, batch = _tiny_state_and_batch()
   loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)

@@ -44,7 +44,7 @@ from cnnjax.data import load as load_data
 from cnnjax.models import get_model
 from cnnjax.study.grid import group_key
 from cnnjax.training import steps as steps_lib
-from cnnjax.training.state import TrainState, create_train_state, run_keys
+from cnnjax.training.state import TrainState, create_train_state, num_params, run_keys
 from cnnjax.training.validation import validate_config
 
 __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
@@ -52,14 +52,13 @@ __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
 Log = Callable[[str], None]
 
 
-def _microbatches(config: ml_collections.ConfigDict) -> int:
+def _microbatches(config: ml_collections.ConfigDict, num_params: int) -> int:
   # The split a single run resolves (microbatches=0 means auto, see steps.py).
-  resolve = getattr(steps_lib, "resolve_microbatches", None)
-  if resolve is None:
-    return config.microbatches
   from cnnjax.models import has_batch_norm  # pylint: disable=g-import-not-at-top
-  return resolve(config.microbatches, per_device_batch=config.batch_size,
-                 has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend())
+  return steps_lib.resolve_microbatches(
+      config.microbatches, per_device_batch=config.batch_size,
+      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
+      num_params=num_params)
 
 
 def _loss_key(config: ml_collections.ConfigDict) -> str:
@@ -173,7 +172,7 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
     rngs.append(train_rng)
 
   augment_fn = augment_lib.per_example_fn(c0.augment)
-  microbatches = _microbatches(c0)
+  microbatches = _microbatches(c0, num_params(states[0].params))
   skip = c0.on_nonfinite == "skip"
 
   def one_train(state, batch, rng, index):

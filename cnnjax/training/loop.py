@@ -189,7 +189,8 @@ def _train(config, workdir, resolved, par, signals, config_path, summary_path) -
 
   microbatches = steps_lib.resolve_microbatches(
       config.microbatches, per_device_batch=config.batch_size // par.num_devices,
-      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend())
+      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
+      num_params=n_params)
   train_fn = par.compile_train(functools.partial(
       steps_lib.train_step, loss_fn=loss_fn,
       augment_fn=augment_lib.per_example_fn(config.augment), microbatches=microbatches, skip_nonfinite=skip))
