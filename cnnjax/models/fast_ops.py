@@ -12,8 +12,8 @@ Three formulations exist for the convolution:
   (im2col + matmul below ``IM2COL_FORWARD_MAX_CIN`` input channels); a
   hand-written gradient computes dx as a plain forward convolution of the
   dilated, padded dy with the flipped kernel, and the kernel gradient as a
-  forward convolution of the transposed input with the transposed dy, chunked
-  over the batch. XLA's own CPU gradients of a convolution (lhs-dilated and
+  forward convolution of the transposed input with the transposed dy, both
+  chunked over the batch. XLA's own CPU gradients of a convolution (lhs-dilated and
   batch-grouped convolutions) run 2-10x slower, worst inside loops.
 * ``"matmul"``: im2col patches times the reshaped kernel (one matrix multiply
   per batch chunk, with a hand-written chunked gradient). The previous CPU
@@ -61,10 +61,12 @@ IMPLEMENTATIONS = ("auto", "lax", "matmul", "hybrid")
 # batch 128) does not fit in cache.
 PATCH_CHUNK_BYTES = 2**21
 
-# Largest x + dy block (bytes) of one batch chunk of the "hybrid" kernel
-# gradient. With XLA's own (Eigen) convolutions, 2-core CPU, train step at
-# batch 128 in 2 micro-batches: keras_cifar_cnn 3,805 / 4,000 / 4,392 / 4,399
-# images/s with 2**19 / 2**21 / 2**23 / unchunked; mnist_cnn flat (+-5%).
+# Largest x + dy block (bytes) of one batch chunk of the "hybrid" kernel and
+# input gradients. Kernel gradient, 2-core CPU, train step at batch 128 in 2
+# micro-batches: keras_cifar_cnn 3,805 / 4,000 / 4,392 / 4,399 images/s with
+# 2**19 / 2**21 / 2**23 / unchunked; mnist_cnn flat (+-5%). Input gradient in
+# two chunks vs whole, mnist_cnn at batch 128: conv2 dx 23.2 -> 19.8 ms on one
+# core; 1,821-1,843 -> 1,857-1,893 images/s on two (same process, alternating).
 GRAD_CHUNK_BYTES = 2**23
 
 # Below this many input channels the "hybrid" forward pass is im2col + matmul:
@@ -304,15 +306,17 @@ def _hybrid_conv_fwd(x, kernel, strides, pads, im2col_forward):
 def _hybrid_conv_bwd(strides, pads, im2col_forward, residuals, g):
   del im2col_forward
   x, kernel = residuals
-  # jit drops dx where x needs no gradient (a model's first layer).
-  dx = _input_grad(g, kernel, x.shape, strides, pads)
   itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
   chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize)
+  # jit drops dx where x needs no gradient (a model's first layer).
   if chunks == 1:
+    dx = _input_grad(g, kernel, x.shape, strides, pads)
     dkernel = _kernel_grad_chunk(x, g, kernel.shape, strides, pads)
   else:
     xs = x.reshape(chunks, -1, *x.shape[1:])
     gs = g.reshape(chunks, -1, *g.shape[1:])
+    dx = lax.map(lambda gc: _input_grad(gc, kernel, xs.shape[1:], strides, pads), gs)
+    dx = dx.reshape(x.shape)
     dkernel, _ = lax.scan(
         lambda acc, xg: (acc + _kernel_grad_chunk(xg[0], xg[1], kernel.shape, strides, pads), None),
         jnp.zeros(kernel.shape, jnp.result_type(x.dtype, g.dtype)), (xs, gs))
