@@ -105,6 +105,53 @@ def test_conv2d_hybrid_im2col_layouts_equal_lax(cin, ksize, padding, strides, si
   np.testing.assert_allclose(gk, gk_ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("cin,ksize,padding,strides,side,pool_padding", [
+    (1, 5, "SAME", (1, 1), 28, "SAME"),     # mnist_cnn conv1
+    (3, 3, "VALID", (1, 1), 32, "VALID"),   # keras_cifar_cnn conv1 (30x30 -> 15x15)
+    (8, 3, "VALID", (1, 1), 9, "SAME"),     # odd map: SAME pooling pads one row and column
+    (4, 3, ((1, 1), (1, 1)), (2, 2), 9, "VALID"),  # strided conv, odd map cropped by VALID
+])
+def test_conv_relu_max_pool_equals_separate_lax_ops(cin, ksize, padding, strides, side,
+                                                    pool_padding):
+  kx, kk, kb = jax.random.split(jax.random.key(cin * 100 + side), 3)
+  # Rounded inputs make exact ties in the pooling and exact zeros before the
+  # ReLU, where the gradient rules (first maximum; 0 at 0) matter.
+  x = jnp.round(jax.random.normal(kx, (4, side, side, cin)) * 2) / 2
+  k = jnp.round(jax.random.normal(kk, (ksize, ksize, cin, 6)) * 2) / 2
+  b = jnp.round(jax.random.normal(kb, (6,)))
+  def separate(x, k, b):
+    y = jax.nn.relu(fast_ops.conv2d_lax(x, k, strides=strides, padding=padding) + b)
+    return fast_ops.max_pool_lax(y, (2, 2), padding=pool_padding)
+  def fused(x, k, b):
+    with fast_ops.implementation("hybrid"):
+      return fast_ops.conv_relu_max_pool(x, k, b, strides=strides, padding=padding,
+                                         window=(2, 2), pool_padding=pool_padding)
+  readout = lambda f: jax.jit(jax.value_and_grad(
+      lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2)))(x, k, b)
+  (v_ref, g_ref), (v, g) = readout(separate), readout(fused)
+  assert fused(x, k, b).shape == separate(x, k, b).shape
+  np.testing.assert_allclose(fused(x, k, b), separate(x, k, b), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(v, v_ref, rtol=1e-5)
+  for got, want, name in zip(g, g_ref, ("dx", "dkernel", "dbias")):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
+def test_models_fuse_only_in_training_and_keep_layers_for_inspection():
+  # Same parameters either way; evaluation and intermediate capture keep the
+  # separate ReLU and pooling modules.
+  from cnnjax import models
+  model = models.get_model("keras_cifar_cnn", num_classes=10)
+  x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
+  variables = model.init(jax.random.key(1), x, train=False)
+  jaxpr = lambda train: str(jax.make_jaxpr(
+      lambda v: model.apply(v, x, train=train))(variables))
+  assert "name=_fused_crp" in jaxpr(True) and "name=_fused_crp" not in jaxpr(False)
+  _, captured = model.apply(variables, x, train=True, capture_intermediates=True)
+  assert {"relu1", "pool1", "relu2", "pool2"} <= set(captured["intermediates"])
+  np.testing.assert_allclose(model.apply(variables, x, train=True),
+                             model.apply(variables, x, train=False), rtol=1e-6, atol=1e-6)
+
+
 def test_conv2d_hybrid_strides_leaving_rows_unread():
   # Stride 3 over 11 rows with a 5-tap kernel: (11 + 2 + 0 - 5) mod 3 = 2 input
   # rows are read by no window, so their gradient must be exactly zero.

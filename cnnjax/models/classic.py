@@ -17,6 +17,15 @@ from cnnjax.models import layers
 from cnnjax.models.layers import Dtype
 
 
+def fuse_conv_relu_pool(module: nn.Module, train: bool) -> bool:
+  """Whether ``module`` runs its conv -> ReLU -> max-pool blocks as one fused op.
+
+  In training only, and not while intermediates are captured (inspection),
+  which must see the ReLU and pooling outputs as separate layers.
+  """
+  return train and not module.is_mutable_collection("intermediates")
+
+
 def resolve_dropout(rate: float | None, default: float, model: str) -> float:
   """Returns ``default`` when ``rate`` is None, else ``rate`` after range checking."""
   rate = default if rate is None else float(rate)
@@ -58,12 +67,11 @@ class SimpleCNN(nn.Module):
     layers.check_min_size(x, 4, "simple_cnn", "two 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "simple_cnn")
     dt = self.dtype
-    x = layers.Conv(16, (3, 3), padding=1, dtype=dt, name="conv1")(x)
-    x = layers.ReLU(name="relu1")(x)
-    x = layers.MaxPool((2, 2), name="pool1")(x)
-    x = layers.Conv(32, (3, 3), padding=1, dtype=dt, name="conv2")(x)
-    x = layers.ReLU(name="relu2")(x)
-    x = layers.MaxPool((2, 2), name="pool2")(x)
+    for i, features in ((1, 16), (2, 32)):
+      x = layers.conv_relu_max_pool(
+          x, layers.Conv(features, (3, 3), padding=1, dtype=dt, name=f"conv{i}"),
+          window=(2, 2), pool_padding="VALID", relu_name=f"relu{i}", pool_name=f"pool{i}",
+          fused=fuse_conv_relu_pool(self, train))
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(256, dtype=dt, name="fc1")(x)
     x = layers.ReLU(name="relu3")(x)
@@ -94,12 +102,11 @@ class KerasCifarCNN(nn.Module):
         x, 18, "keras_cifar_cnn", "three valid 3x3 convs and two 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "keras_cifar_cnn")
     dt = self.dtype
-    x = layers.Conv(32, (3, 3), padding="VALID", dtype=dt, name="conv1")(x)
-    x = layers.ReLU(name="relu1")(x)
-    x = layers.MaxPool((2, 2), name="pool1")(x)
-    x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv2")(x)
-    x = layers.ReLU(name="relu2")(x)
-    x = layers.MaxPool((2, 2), name="pool2")(x)
+    for i, features in ((1, 32), (2, 64)):
+      x = layers.conv_relu_max_pool(
+          x, layers.Conv(features, (3, 3), padding="VALID", dtype=dt, name=f"conv{i}"),
+          window=(2, 2), pool_padding="VALID", relu_name=f"relu{i}", pool_name=f"pool{i}",
+          fused=fuse_conv_relu_pool(self, train))
     x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv3")(x)
     x = layers.ReLU(name="relu3")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -128,12 +135,11 @@ class MnistCNN(nn.Module):
     layers.check_image_batch(x, "mnist_cnn")
     rate = resolve_dropout(self.dropout_rate, 0.5, "mnist_cnn")
     dt = self.dtype
-    x = layers.Conv(32, (5, 5), padding="SAME", dtype=dt, name="conv1")(x)
-    x = layers.ReLU(name="relu1")(x)
-    x = layers.MaxPool((2, 2), padding="SAME", name="pool1")(x)
-    x = layers.Conv(64, (5, 5), padding="SAME", dtype=dt, name="conv2")(x)
-    x = layers.ReLU(name="relu2")(x)
-    x = layers.MaxPool((2, 2), padding="SAME", name="pool2")(x)
+    for i, features in ((1, 32), (2, 64)):
+      x = layers.conv_relu_max_pool(
+          x, layers.Conv(features, (5, 5), padding="SAME", dtype=dt, name=f"conv{i}"),
+          window=(2, 2), pool_padding="SAME", relu_name=f"relu{i}", pool_name=f"pool{i}",
+          fused=fuse_conv_relu_pool(self, train))
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, dtype=dt, name="fc1")(x)
     x = layers.ReLU(name="relu3")(x)

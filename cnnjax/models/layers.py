@@ -129,20 +129,49 @@ class Conv(nn.Module):
   bias_init: Initializer = nn.initializers.zeros_init()
 
   @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps x [N, H, W, cin] to [N, H', W', features] in ``dtype``."""
+  def __call__(self, x: jax.Array, *, relu_max_pool: tuple[Sequence[int], Padding] | None = None
+               ) -> jax.Array:
+    """Maps x [N, H, W, cin] to [N, H', W', features] in ``dtype``.
+
+    ``relu_max_pool=(window, pool_padding)`` returns
+    ``max_pool(relu(conv(x)), window, padding=pool_padding)`` (stride =
+    window) as one fused op, `fast_ops.conv_relu_max_pool`; see
+    `conv_relu_max_pool` below for the layer-level form.
+    """
     check_image_batch(x, "Conv")
     kh, kw = _pair(self.kernel_size, "kernel_size")
     dtype = canonical_dtype(self.dtype)
     kernel = self.param("kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features),
                         canonical_dtype(self.param_dtype))
-    y = fast_ops.conv2d(x.astype(dtype), kernel.astype(dtype),
-                        strides=_pair(self.strides, "strides"), padding=_padding(self.padding))
+    bias = None
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,),
-                        canonical_dtype(self.param_dtype))
-      y = y + bias.astype(dtype)
-    return y
+                        canonical_dtype(self.param_dtype)).astype(dtype)
+    strides, padding = _pair(self.strides, "strides"), _padding(self.padding)
+    if relu_max_pool is not None:
+      window, pool_padding = relu_max_pool
+      return fast_ops.conv_relu_max_pool(
+          x.astype(dtype), kernel.astype(dtype),
+          jnp.zeros((self.features,), dtype) if bias is None else bias, strides=strides,
+          padding=padding, window=_pair(window, "window"), pool_padding=_padding(pool_padding))
+    y = fast_ops.conv2d(x.astype(dtype), kernel.astype(dtype), strides=strides, padding=padding)
+    return y if bias is None else y + bias
+
+
+def conv_relu_max_pool(x: jax.Array, conv: Conv, *, window: Sequence[int], pool_padding: Padding,
+                       relu_name: str, pool_name: str, fused: bool) -> jax.Array:
+  """``conv`` -> ReLU -> max-pool (stride = window), fused into one op when ``fused``.
+
+  Call from a model's compact ``__call__``. The parameters are ``conv``'s
+  either way, so a checkpoint does not depend on the choice. Models fuse in
+  training (a faster backward pass on CPU, `fast_ops.conv_relu_max_pool`) and
+  keep the three modules in evaluation, where inspection reads each layer's
+  output under ``relu_name`` and ``pool_name``.
+  """
+  if fused:
+    return conv(x, relu_max_pool=(window, pool_padding))
+  x = ReLU(name=relu_name)(conv(x))
+  return MaxPool(window, padding=pool_padding, name=pool_name)(x)
 
 
 class Dense(nn.Module):
