@@ -524,32 +524,38 @@ def _first_max_grad(blocks: jax.Array, y: jax.Array, g: jax.Array,
 
 
 def _crp_forward(x, kernel, bias, strides, pads, window, pool_pads):
-  """(pre-activation y, pooled output, blocks of relu(y)) of one chunk."""
+  """(pre-activation y, its blocks, their max) of conv -> max-pool; ReLU comes after.
+
+  max(relu(.)) = relu(max(.)), so the pooling runs on y and the ReLU on the
+  4x smaller pooled map: the full-size ReLU output is never formed.
+  """
   y = conv2d_lax(x, kernel, strides=strides, padding=pads) + bias
-  blocks, _, _ = _blocks(jnp.maximum(y, 0), window, pool_pads, -jnp.inf)
-  return y, jnp.max(blocks, axis=(2, 4)), blocks
+  blocks, _, _ = _blocks(y, window, pool_pads, -jnp.inf)
+  return y, blocks, jnp.max(blocks, axis=(2, 4))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _fused_crp(x, kernel, bias, strides, pads, window, pool_pads):
-  return _crp_forward(x, kernel, bias, strides, pads, window, pool_pads)[1]
+  return jax.nn.relu(_crp_forward(x, kernel, bias, strides, pads, window, pool_pads)[2])
 
 
 def _fused_crp_fwd(x, kernel, bias, strides, pads, window, pool_pads):
-  # Only the inputs are kept: the backward pass recomputes the convolution
-  # instead of keeping the pre-activation and the ReLU output (each 4x the
-  # pooled output) in memory until then.
   return _fused_crp(x, kernel, bias, strides, pads, window, pool_pads), (x, kernel, bias)
 
 
 def _fused_crp_bwd(strides, pads, window, pool_pads, residuals, g):
   x, kernel, bias = residuals
-  y, pooled, blocks = _crp_forward(x, kernel, bias, strides, pads, window, pool_pads)
-  _, vjp_blocks = jax.vjp(lambda a: _blocks(a, window, pool_pads, -jnp.inf)[0], jnp.maximum(y, 0))
-  (dr,) = vjp_blocks(_first_max_grad(blocks, pooled, g, window))
-  dy = jnp.where(y > 0, dr, jnp.zeros((), dr.dtype))  # jax.nn.relu's gradient: 0 at 0
-  # Whole-batch gradients: here chunking them as `_hybrid_conv_bwd` does was
-  # slower (mnist_cnn 1,987 vs 2,046-2,055 images/s, same process).
+  # XLA merges this recomputation with the forward pass's identical ops.
+  y, blocks, pooled = _crp_forward(x, kernel, bias, strides, pads, window, pool_pads)
+  # The separate ops send a window's gradient through the ReLU (0 unless its
+  # max is > 0) to the first maximum of relu(y). Where the max is > 0 that is
+  # the first maximum of y; elsewhere the gradient is 0 either way. So: mask
+  # on the pooled map, route over y's blocks, and no full-size ReLU mask.
+  gp = jnp.where(pooled > 0, g, jnp.zeros((), g.dtype))  # jax.nn.relu's gradient: 0 at 0
+  _, vjp_blocks = jax.vjp(lambda a: _blocks(a, window, pool_pads, -jnp.inf)[0], y)
+  (dy,) = vjp_blocks(_first_max_grad(blocks, pooled, gp, window))
+  # Whole-batch gradients: chunking them as `_hybrid_conv_bwd` does was
+  # slower here (mnist_cnn 1,987 vs 2,046-2,055 images/s, same process).
   dx = _input_grad(dy, kernel, x.shape, strides, pads)
   dkernel = _kernel_grad_chunk(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
   return dx, dkernel, jnp.sum(dy, axis=(0, 1, 2)).astype(bias.dtype)
@@ -570,14 +576,12 @@ def conv_relu_max_pool(
 ) -> jax.Array:
   """``max_pool(relu(conv2d(x, kernel) + bias), window)`` with stride = window.
 
-  Under ``"hybrid"`` this is one custom-gradient op that keeps only its inputs
-  for the backward pass and recomputes the convolution there, rather than
-  keeping the pre-activation and the ReLU output (each 4x the pooled output)
-  in memory between the passes; its gradients are the "hybrid" ones. Same
-  values and gradients as the three separate ops (ties in the pooling go to
-  the first maximum, ReLU's gradient at 0 is 0, as in JAX). Computing it in
-  batch chunks that fit in cache was slower (mnist_cnn: 1,450-1,752 vs 2,068
-  images/s with 2-8 MiB chunks vs none).
+  Under ``"hybrid"`` this is one custom-gradient op that pools the
+  pre-activation and applies the ReLU to the pooled map (max and ReLU
+  commute), so the full-size ReLU output and its gradient mask are never
+  formed; its convolution gradients are the "hybrid" ones. Same values and
+  gradients as the three separate ops (ties in the pooling go to the first
+  maximum, ReLU's gradient at 0 is 0, as in JAX).
 
   Examples:
     >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1) - 8
