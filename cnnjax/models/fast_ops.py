@@ -555,7 +555,8 @@ def _fused_crp_bwd(strides, pads, window, pool_pads, residuals, g):
   _, vjp_blocks = jax.vjp(lambda a: _blocks(a, window, pool_pads, -jnp.inf)[0], y)
   (dy,) = vjp_blocks(_first_max_grad(blocks, pooled, gp, window))
   # Whole-batch gradients: chunking them as `_hybrid_conv_bwd` does was
-  # slower here (mnist_cnn 1,987 vs 2,046-2,055 images/s, same process).
+  # slower here on 2 cores (mnist_cnn 1,844-1,850 vs 1,959-1,980 images/s,
+  # same process), though faster on one core.
   dx = _input_grad(dy, kernel, x.shape, strides, pads)
   dkernel = _kernel_grad_chunk(x, dy, kernel.shape, strides, pads).astype(kernel.dtype)
   return dx, dkernel, jnp.sum(dy, axis=(0, 1, 2)).astype(bias.dtype)
