@@ -118,6 +118,27 @@ def implementation(name: str) -> Iterator[None]:
     set_implementation(previous)
 
 
+@contextlib.contextmanager
+def forward_only() -> Iterator[None]:
+  """Within it, ``"auto"`` resolves to ``"lax"``: for code that takes no gradients.
+
+  The hybrid formulation's gains are in the gradients; for a forward pass
+  alone XLA's own ops were faster on CPU (evaluation, batch 128, same run:
+  keras_cifar_cnn 12,959 vs 11,149 images/s, mnist_cnn 8,265 vs 5,921). An
+  explicitly chosen formulation is kept.
+
+  Examples:
+    >>> with forward_only():
+    ...   current_implementation()
+    'lax'
+  """
+  if _implementation != "auto":
+    yield
+    return
+  with implementation("lax"):
+    yield
+
+
 def current_implementation() -> str:
   """The resolved formulation, ``"lax"``, ``"hybrid"`` or ``"matmul"``, for a trace now."""
   if _implementation not in IMPLEMENTATIONS:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnnjax import optimizers
+from cnnjax.models import fast_ops
 from cnnjax.training.state import TrainState
 
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, C], labels [B]) -> [B]
@@ -221,7 +222,8 @@ def eval_step(
   variables = {"params": state.eval_params()}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  logits = state.apply_fn(variables, batch["image"], train=False)
+  with fast_ops.forward_only():
+    logits = state.apply_fn(variables, batch["image"], train=False)
   labels, mask = batch["label"], batch["mask"]
   per_example = loss_fn(logits, labels)
   predictions = jnp.argmax(logits, -1)
