@@ -220,13 +220,15 @@ def test_eval_step_uses_plain_lax_ops_under_auto():
   batch = {"image": jnp.asarray(rng.random((4, 32, 32, 3), np.float32)),
            "label": jnp.asarray(rng.integers(0, 10, 4), jnp.int32), "mask": jnp.ones(4)}
   loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
-  evaluate = lambda s: eval_step(s, batch, loss_fn=loss_fn, num_classes=10)
+  # A fresh function per trace: jax caches traces by function, not by the
+  # fast_ops setting (which is read at trace time).
+  evaluate = lambda: lambda s: eval_step(s, batch, loss_fn=loss_fn, num_classes=10)
   assert fast_ops.current_implementation() == "hybrid"  # CPU, auto
-  assert "_hybrid_conv" not in str(jax.make_jaxpr(evaluate)(state))
+  assert "_hybrid_conv" not in str(jax.make_jaxpr(evaluate())(state))
   with fast_ops.implementation("hybrid"):  # an explicit choice is kept
-    assert "_hybrid_conv" in str(jax.make_jaxpr(evaluate)(state))
-    hybrid = evaluate(state)
-  np.testing.assert_allclose(evaluate(state)["loss_sum"], hybrid["loss_sum"], rtol=1e-5)
+    assert "_hybrid_conv" in str(jax.make_jaxpr(evaluate())(state))
+    hybrid = evaluate()(state)
+  np.testing.assert_allclose(evaluate()(state)["loss_sum"], hybrid["loss_sum"], rtol=1e-5)
 
 
 def test_main_without_workdir_creates_a_timestamped_run(tmp_path, data_dir):
