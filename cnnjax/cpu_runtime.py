@@ -1,8 +1,8 @@
 """Process-wide settings that let XLA:CPU run a training step at full speed.
 
 `configure` is called when `cnnjax.models.fast_ops` is imported (so before
-JAX starts its CPU backend in every cnnjax entry point) and applies two
-settings, each of which a user's own choice overrides:
+JAX starts its CPU backend in every cnnjax entry point) and applies the
+settings below, each of which a user's own choice overrides:
 
 * **XLA flags**, appended to ``XLA_FLAGS`` (each skipped when ``XLA_FLAGS``
   already names it; they only take effect if set before JAX's first
@@ -32,8 +32,9 @@ settings, each of which a user's own choice overrides:
   jemalloc or tcmalloc. Limit: a block allocated by a worker thread comes
   from a per-thread arena whose heaps hold at most 64 MiB, so a larger
   temporary is still mapped per call (limiting glibc to one arena removes
-  that but cost keras_cifar_cnn 15% from lock contention). Skipped when ``CNNJAX_TUNE_MALLOC=0`` or when the user
-  sets ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` themselves.
+  that but cost keras_cifar_cnn 15% from lock contention). Skipped when
+  ``CNNJAX_TUNE_MALLOC=0`` or when the user sets ``MALLOC_MMAP_THRESHOLD_`` /
+  ``MALLOC_TRIM_THRESHOLD_`` themselves.
 
 `settings()` reports what was applied; `manifest.json` records it.
 """

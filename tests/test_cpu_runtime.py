@@ -37,7 +37,8 @@ print(json.dumps({"temp_bytes": temp, "faults_per_call": faults,
 
 def _probe(**env_overrides: str) -> dict:
   env = dict(os.environ, PYTHONPATH=REPO, **env_overrides)
-  for name in ("XLA_FLAGS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "CNNJAX_TUNE_MALLOC"):
+  for name in ("XLA_FLAGS", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+               "CNNJAX_TUNE_MALLOC"):
     if name not in env_overrides:
       env.pop(name, None)
   out = subprocess.run([sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True,

@@ -519,7 +519,7 @@ def avg_pool(
   return jnp.sum(blocks, axis=(2, 4)) / jnp.sum(ones, axis=(2, 4))
 
 
-# ----------------------------------------------------------------------------- conv + ReLU + max-pool
+# ----------------------------------------------------------------------------- conv, ReLU, max-pool
 
 # Up to this many input channels the fused op's convolution is a direct sum
 # of shifted products (`_direct_conv`). Same process, alternating windows:

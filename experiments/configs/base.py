@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.parallel = "auto"         # auto | none | pmap | sharded
   c.bn_sync = "global"        # global | per_device
   c.distributed = False       # call jax.distributed.initialize (auto on SLURM/TPU/MPI)
-  c.microbatches = 0          # split each device's batch inside the step; 0 = auto (CPU, no BatchNorm)
+  c.microbatches = 0          # split the per-device batch in the step; 0 = auto (see steps.py)
 
   # Bookkeeping.
   c.log_every_steps = 50
