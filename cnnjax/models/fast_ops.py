@@ -25,6 +25,11 @@ that sends each window's gradient to its first maximal entry in row-major
 order, the rule of lax's select-and-scatter: values and gradients equal
 ``"lax"`` exactly, ties included. Overlapping windows use `lax.reduce_window`.
 
+`conv_relu_max_pool` runs a conv -> ReLU -> max-pool block as one op under
+``"hybrid"`` (pooling before the ReLU, with which the max commutes), and
+`forward_only` makes ``"auto"`` trace plain lax ops for code that takes no
+gradients (evaluation).
+
 ``"auto"`` (the default) picks ``"hybrid"`` when `jax.default_backend()` is
 ``"cpu"`` and ``"lax"`` otherwise. The choice is read when a function is
 traced: set it with `set_implementation` (or the ``CNNJAX_FAST_OPS``
