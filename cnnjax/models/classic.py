@@ -17,13 +17,41 @@ from cnnjax.models import layers
 from cnnjax.models.layers import Dtype
 
 
-def fuse_conv_relu_pool(module: nn.Module, train: bool) -> bool:
-  """Whether ``module`` runs its conv -> ReLU -> max-pool blocks as one fused op.
+def conv_relu_pool_blocks(module: nn.Module, x: jax.Array, features: Sequence[int], *,
+                          kernel_size: tuple[int, int], padding, pool_padding: str,
+                          train: bool) -> jax.Array:
+  """Blocks conv{i} -> relu{i} -> pool{i} (2x2), i = 1, 2, ..., in ``module``'s scope.
 
-  In training only, and not while intermediates are captured (inspection),
-  which must see the ReLU and pooling outputs as separate layers.
+  Each block is one fused op in training (`layers.conv_relu_max_pool`), but
+  not while intermediates are captured: inspection must see the ReLU and
+  pooling outputs as separate layers. The parameters are the same either way.
   """
-  return train and not module.is_mutable_collection("intermediates")
+  fused = train and not module.is_mutable_collection("intermediates")
+  for i, width in enumerate(features, start=1):
+    x = layers.conv_relu_max_pool(
+        x, layers.Conv(width, kernel_size, padding=padding, dtype=module.dtype, name=f"conv{i}"),
+        window=(2, 2), pool_padding=pool_padding, relu_name=f"relu{i}", pool_name=f"pool{i}",
+        fused=fused)
+  return x
+
+
+def conv_bn_relu_stages(module: nn.Module, x: jax.Array, stages: Sequence[Sequence[int]], *,
+                        train: bool) -> jax.Array:
+  """VGG stages conv{s}_{c} -> bn{s}_{c} -> relu{s}_{c} ... -> pool{s} in ``module``.
+
+  One 3x3 conv unit per width c of stage s, then a 2x2 max pool. The convolutions have no bias (BatchNorm's shift replaces it); BatchNorm
+  follows ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``.
+  """
+  for s, widths in enumerate(stages, start=1):
+    for c, width in enumerate(widths, start=1):
+      x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=module.dtype,
+                      name=f"conv{s}_{c}")(x)
+      x = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
+                           ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
+                           name=f"bn{s}_{c}")(x)
+      x = layers.ReLU(name=f"relu{s}_{c}")(x)
+    x = layers.MaxPool((2, 2), name=f"pool{s}")(x)
+  return x
 
 
 def resolve_dropout(rate: float | None, default: float, model: str) -> float:
@@ -67,11 +95,8 @@ class SimpleCNN(nn.Module):
     layers.check_min_size(x, 4, "simple_cnn", "two 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "simple_cnn")
     dt = self.dtype
-    for i, features in ((1, 16), (2, 32)):
-      x = layers.conv_relu_max_pool(
-          x, layers.Conv(features, (3, 3), padding=1, dtype=dt, name=f"conv{i}"),
-          window=(2, 2), pool_padding="VALID", relu_name=f"relu{i}", pool_name=f"pool{i}",
-          fused=fuse_conv_relu_pool(self, train))
+    x = conv_relu_pool_blocks(self, x, (16, 32), kernel_size=(3, 3), padding=1,
+                              pool_padding="VALID", train=train)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(256, dtype=dt, name="fc1")(x)
     x = layers.ReLU(name="relu3")(x)
@@ -102,11 +127,8 @@ class KerasCifarCNN(nn.Module):
         x, 18, "keras_cifar_cnn", "three valid 3x3 convs and two 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "keras_cifar_cnn")
     dt = self.dtype
-    for i, features in ((1, 32), (2, 64)):
-      x = layers.conv_relu_max_pool(
-          x, layers.Conv(features, (3, 3), padding="VALID", dtype=dt, name=f"conv{i}"),
-          window=(2, 2), pool_padding="VALID", relu_name=f"relu{i}", pool_name=f"pool{i}",
-          fused=fuse_conv_relu_pool(self, train))
+    x = conv_relu_pool_blocks(self, x, (32, 64), kernel_size=(3, 3), padding="VALID",
+                              pool_padding="VALID", train=train)
     x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv3")(x)
     x = layers.ReLU(name="relu3")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -135,11 +157,8 @@ class MnistCNN(nn.Module):
     layers.check_image_batch(x, "mnist_cnn")
     rate = resolve_dropout(self.dropout_rate, 0.5, "mnist_cnn")
     dt = self.dtype
-    for i, features in ((1, 32), (2, 64)):
-      x = layers.conv_relu_max_pool(
-          x, layers.Conv(features, (5, 5), padding="SAME", dtype=dt, name=f"conv{i}"),
-          window=(2, 2), pool_padding="SAME", relu_name=f"relu{i}", pool_name=f"pool{i}",
-          fused=fuse_conv_relu_pool(self, train))
+    x = conv_relu_pool_blocks(self, x, (32, 64), kernel_size=(5, 5), padding="SAME",
+                              pool_padding="SAME", train=train)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(1024, dtype=dt, name="fc1")(x)
     x = layers.ReLU(name="relu3")(x)
@@ -221,15 +240,8 @@ class BNCNN(nn.Module):
     layers.check_min_size(x, 2 ** len(self.widths), name,
                           f"{len(self.widths)} 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, name)
-    for s, width in enumerate(self.widths, start=1):
-      for c in range(1, self.convs_per_stage + 1):
-        x = layers.Conv(width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype,
-                        name=f"conv{s}_{c}")(x)
-        x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
-                             ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
-                             name=f"bn{s}_{c}")(x)
-        x = layers.ReLU(name=f"relu{s}_{c}")(x)
-      x = layers.MaxPool((2, 2), name=f"pool{s}")(x)
+    x = conv_bn_relu_stages(self, x, [(w,) * self.convs_per_stage for w in self.widths],
+                            train=train)
     x = layers.Flatten(name="flatten")(x)
     x = classifier_dropout(x, rate, train)
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)

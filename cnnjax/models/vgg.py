@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models import layers
-from cnnjax.models.classic import classifier_dropout, resolve_dropout
+from cnnjax.models.classic import classifier_dropout, conv_bn_relu_stages, resolve_dropout
 from cnnjax.models.layers import Dtype
 
 
@@ -50,15 +50,7 @@ class VGG(nn.Module):
     layers.check_min_size(x, 2 ** len(self.stages), "VGG",
                           f"{len(self.stages)} 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "VGG")
-    for s, widths in enumerate(self.stages, start=1):
-      for c, width in enumerate(widths, start=1):
-        x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                        name=f"conv{s}_{c}")(x)
-        x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
-                             ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
-                             name=f"bn{s}_{c}")(x)
-        x = layers.ReLU(name=f"relu{s}_{c}")(x)
-      x = layers.MaxPool((2, 2), name=f"pool{s}")(x)
+    x = conv_bn_relu_stages(self, x, self.stages, train=train)
     x = layers.GlobalAvgPool(name="global_pool")(x)
     x = classifier_dropout(x, rate, train)
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
