@@ -39,8 +39,9 @@ def conv_bn_relu_stages(module: nn.Module, x: jax.Array, stages: Sequence[Sequen
                         train: bool) -> jax.Array:
   """VGG stages conv{s}_{c} -> bn{s}_{c} -> relu{s}_{c} ... -> pool{s} in ``module``.
 
-  One 3x3 conv unit per width c of stage s, then a 2x2 max pool. The convolutions have no bias (BatchNorm's shift replaces it); BatchNorm
-  follows ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``.
+  One 3x3 conv unit per width c of stage s, then a 2x2 max pool. The
+  convolutions have no bias (BatchNorm's shift replaces it); BatchNorm follows
+  ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``.
   """
   for s, widths in enumerate(stages, start=1):
     for c, width in enumerate(widths, start=1):
