@@ -1,8 +1,14 @@
 """Process-wide settings that let XLA:CPU run a training step at full speed.
 
-`configure` is called when `cnnjax.models.fast_ops` is imported (so before
-JAX starts its CPU backend in every cnnjax entry point) and applies the
-settings below, each of which a user's own choice overrides:
+Nothing here runs on import. The entry points under ``experiments/`` call
+`configure` first thing (before JAX starts its CPU backend); a program that uses
+cnnjax as a library calls it itself, before its first JAX computation, to get the
+same speed:
+
+    >>> from cnnjax import cpu_runtime
+    >>> applied = cpu_runtime.configure()   # doctest: +SKIP
+
+It applies the settings below, each of which a user's own choice overrides:
 
 * **XLA flags**, appended to ``XLA_FLAGS`` (each skipped when ``XLA_FLAGS``
   already names it; they only take effect if set before JAX's first
@@ -62,7 +68,9 @@ def _has_avx512() -> bool:
     return False
 
 
-XLA_CPU_FLAGS = (CONV_FLAG, COPY_FLAG) + ((VECTOR_FLAG,) if _has_avx512() else ())
+def xla_cpu_flags() -> tuple[str, ...]:
+  """The XLA flags `configure` adds (the vector-width flag only on AVX-512 CPUs)."""
+  return (CONV_FLAG, COPY_FLAG) + ((VECTOR_FLAG,) if _has_avx512() else ())
 
 # mallopt parameter numbers from glibc's <malloc.h>.
 _M_TRIM_THRESHOLD = -1
@@ -78,7 +86,7 @@ _applied: dict[str, object] = {"xla_flags": None, "malloc": None}
 
 def _set_xla_flags() -> list[str]:
   added = []
-  for flag in XLA_CPU_FLAGS:
+  for flag in xla_cpu_flags():
     flags = os.environ.get("XLA_FLAGS", "")
     if flag.split("=", 1)[0] not in flags:
       os.environ["XLA_FLAGS"] = (flags + " " + flag).strip()

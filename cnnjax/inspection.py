@@ -159,18 +159,14 @@ def layer_table(model: nn.Module, input_shape: Sequence[int], *,
 
 
 def format_table(rows: Sequence[LayerRow], *, batch_stats: int | None = None) -> str:
-  """A fixed-width text table of ``rows`` with a totals line."""
-  header = f"{'layer':<34} {'type':<14} {'output shape':<16} {'params':>12} {'FLOPs':>15}"
-  lines = [header, "-" * len(header)]
-  for r in rows:
-    name = "  " * (r.depth - 1) + r.path.split("/")[-1]
-    shape = "x".join(str(d) for d in r.output_shape)
-    lines.append(f"{name:<34} {r.kind:<14} {shape:<16} {r.params:>12,} {r.flops:>15,}")
-  lines.append("-" * len(header))
-  total_params = sum(r.params for r in rows)
-  total_flops = sum(r.flops for r in rows)
-  lines.append(f"{'total':<34} {'':<14} {'':<16} {total_params:>12,} {total_flops:>15,}")
-  lines.append("FLOPs: 2 x multiply-adds of conv and dense layers, forward, per example.")
+  """``rows`` as a text table (`cnnjax.reporting.table`) with a totals line."""
+  from cnnjax.reporting import table  # pylint: disable=g-import-not-at-top
+  cells = [["  " * (r.depth - 1) + r.path.split("/")[-1], r.kind,
+            "x".join(str(d) for d in r.output_shape), r.params, r.flops] for r in rows]
+  cells.append(["total", "", "", sum(r.params for r in rows), sum(r.flops for r in rows)])
+  lines = [table(cells, ["layer", "type", "output shape", "params", "FLOPs"],
+                 align=["left", "left", "left", "right", "right"]),
+           "FLOPs: 2 x multiply-adds of conv and dense layers, forward, per example."]
   if batch_stats:
     lines.append(f"Plus {batch_stats:,} BatchNorm running statistics (not trained).")
   return "\n".join(lines)
@@ -211,14 +207,12 @@ def activation_stats(model: nn.Module, variables: Mapping[str, Any], x: jax.Arra
 
 
 def format_activations(rows: Sequence[ActivationRow]) -> str:
-  """A fixed-width text table of activation statistics."""
-  header = f"{'layer':<34} {'type':<14} {'output shape':<16} {'mean':>10} {'std':>10} {'zero':>7}"
-  lines = [header, "-" * len(header)]
-  for r in rows:
-    shape = "x".join(str(d) for d in r.output_shape)
-    lines.append(f"{r.path:<34} {r.kind:<14} {shape:<16} {r.mean:>10.4f} {r.std:>10.4f} "
-                 f"{r.fraction_zero:>7.1%}")
-  return "\n".join(lines)
+  """Activation statistics as a text table (`cnnjax.reporting.table`)."""
+  from cnnjax.reporting import table  # pylint: disable=g-import-not-at-top
+  cells = [[r.path, r.kind, "x".join(str(d) for d in r.output_shape), f"{r.mean:.4f}",
+            f"{r.std:.4f}", f"{r.fraction_zero:.1%}"] for r in rows]
+  return table(cells, ["layer", "type", "output shape", "mean", "std", "zero"],
+               align=["left", "left", "left", "right", "right", "right"])
 
 
 def parse_shape(values: Sequence[str]) -> tuple[int, int, int]:

@@ -4,20 +4,20 @@
 `optax.GradientTransformation` that composes, in this order::
 
   MultiSteps(                       # grad_accum_steps > 1
-    apply_if_finite(                # skip_nonfinite
-      chain(
-        add_decayed_weights(l2),    # coupled L2: grad of 0.5*l2*||w||^2
-        clip(clip_value),
-        clip_by_global_norm(clip_global_norm),
-        with_learning_rate(         # lr = schedule(count) * scale
-          optimizer(lr) + decoupled weight decay (-lr * wd * w)))))
+    chain(
+      add_decayed_weights(l2),      # coupled L2: grad of 0.5*l2*||w||^2
+      clip(clip_value),
+      clip_by_global_norm(clip_global_norm),
+      with_learning_rate(           # lr = schedule(count) * scale
+        optimizer(lr) + decoupled weight decay (-lr * wd * w))))
 
 Weight decay and L2 touch only parameters with ``ndim >= 2`` (conv and dense
 kernels), never biases or normalization scales/offsets.
 
 The learning rate lives in the optimizer state, so it can be read
 (`learning_rate`) and rescaled at run time (`scale_learning_rate`) by pure
-functions, through the MultiSteps and apply_if_finite wrappers.
+functions, through the MultiSteps wrapper. (Skipping non-finite updates is the
+train step's job, ``on_nonfinite="skip"``, not the optimizer's.)
 
 Example:
   >>> import jax.numpy as jnp, ml_collections
@@ -27,7 +27,7 @@ Example:
   ...     end_learning_rate_factor=0.0, step_boundaries=(0.5, 0.75),
   ...     step_factor=0.1, restart_period_fraction=0.25, weight_decay=None,
   ...     l2=0.0, clip_global_norm=0.0, clip_value=0.0, grad_accum_steps=1,
-  ...     ema_decay=0.0, skip_nonfinite=False))
+  ...     ema_decay=0.0))
   >>> tx = make_optimizer(cfg, total_steps=100)
   >>> params = {"w": jnp.ones((2, 2))}
   >>> state = tx.init(params)
@@ -52,7 +52,6 @@ import optax
 
 __all__ = [
     "LearningRateState",
-    "consecutive_skipped_updates",
     "decay_mask",
     "default_learning_rate",
     "default_weight_decay",
@@ -64,7 +63,6 @@ __all__ = [
     "learning_rate_scale",
     "scale_learning_rate",
     "set_learning_rate_scale",
-    "skipped_updates",
     "validate",
 ]
 
@@ -114,16 +112,11 @@ _REFUSED = {
 # the trust ratio), so the alias applies it, with our mask.
 _DECAY_INSIDE = {"lamb": "mask", "lars": "weight_decay_mask"}
 
-# apply_if_finite gives up (applies a non-finite update) after this many
-# consecutive bad steps; the counter saturates at int32 max, so never.
-_NEVER = 2**31 - 1
-
 _REQUIRED_KEYS = (
     "name", "learning_rate", "momentum", "b1", "b2", "eps", "schedule",
     "warmup_steps", "end_learning_rate_factor", "step_boundaries",
     "step_factor", "restart_period_fraction", "weight_decay", "l2",
-    "clip_global_norm", "clip_value", "grad_accum_steps", "ema_decay",
-    "skip_nonfinite")
+    "clip_global_norm", "clip_value", "grad_accum_steps", "ema_decay")
 
 
 def names() -> list[str]:
@@ -229,23 +222,7 @@ def _is_number(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
-def validate(config: ml_collections.ConfigDict,
-             total_steps: int | None = None) -> None:
-  """Checks an optimizer config section; raises ValueError naming the key.
-
-  Args:
-    config: the `optimizer` section of an experiment config.
-    total_steps: optimizer updates in the run; when given, schedule lengths
-      (warmup, step boundaries) are checked against it.
-
-  Raises:
-    ValueError: with a one-line message such as
-      ``optimizer.learning_rate=-0.1 must be > 0``.
-  """
-  missing = [k for k in _REQUIRED_KEYS if k not in config]
-  if missing:
-    raise ValueError(f"optimizer section lacks keys {missing}; "
-                     "start from experiments/configs/base.py")
+def _check_name_and_rate(config: ml_collections.ConfigDict) -> None:
   name = config.name
   accepted = _accepted_names()
   if name in _REFUSED:
@@ -254,7 +231,6 @@ def validate(config: ml_collections.ConfigDict,
   if name not in accepted:
     raise _fail("name", name, f"is not an optimizer; accepted: "
                 f"{', '.join(accepted)}")
-
   lr = config.learning_rate
   if lr is None:
     if default_learning_rate(name) is None:
@@ -263,7 +239,6 @@ def validate(config: ml_collections.ConfigDict,
   elif not _is_number(lr) or not lr > 0 or not math.isfinite(lr):
     raise _fail("learning_rate", lr, "must be > 0 (or None for the "
                 "optimizer's default)")
-
   params = _alias_params(name)
   for key in ("momentum", "b1", "b2", "eps"):
     v = config[key]
@@ -279,9 +254,8 @@ def validate(config: ml_collections.ConfigDict,
     elif not _is_number(v) or not 0 <= v < 1:
       raise _fail(key, v, "must be in [0, 1)")
 
-  if config.schedule not in SCHEDULES:
-    raise _fail("schedule", config.schedule,
-                f"is not a schedule; accepted: {', '.join(SCHEDULES)}")
+
+def _check_regularization(config: ml_collections.ConfigDict) -> None:
   for key in ("weight_decay", "l2", "clip_global_norm", "clip_value"):
     v = config[key]
     if key == "weight_decay" and v is None:
@@ -294,9 +268,12 @@ def validate(config: ml_collections.ConfigDict,
   ema = config.ema_decay
   if not _is_number(ema) or not 0 <= ema < 1:
     raise _fail("ema_decay", ema, "must be in [0, 1) (0 = off)")
-  if not isinstance(config.skip_nonfinite, bool):
-    raise _fail("skip_nonfinite", config.skip_nonfinite, "must be a bool")
 
+
+def _check_schedule(config: ml_collections.ConfigDict) -> None:
+  if config.schedule not in SCHEDULES:
+    raise _fail("schedule", config.schedule,
+                f"is not a schedule; accepted: {', '.join(SCHEDULES)}")
   w = config.warmup_steps
   if not isinstance(w, int) or isinstance(w, bool) or w < 0:
     raise _fail("warmup_steps", w, "must be an integer >= 0")
@@ -323,20 +300,77 @@ def validate(config: ml_collections.ConfigDict,
   if not _is_number(r) or not 0 < r <= 1:
     raise _fail("restart_period_fraction", r, "must be in (0, 1]")
 
+
+def _check_run_length(config: ml_collections.ConfigDict, total_steps: int) -> None:
+  if not isinstance(total_steps, int) or total_steps < 1:
+    raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1")
+  w, b = config.warmup_steps, tuple(config.step_boundaries)
+  if w >= total_steps:
+    raise _fail("warmup_steps", w, f"must be < the {total_steps} "
+                "optimizer updates of the run")
+  if config.schedule == "step":
+    for x in b:
+      if round(x * total_steps) <= w:
+        raise _fail("step_boundaries", b, f"puts a drop at step "
+                    f"{round(x * total_steps)}, inside warmup_steps={w}")
+
+
+def validate(config: ml_collections.ConfigDict,
+             total_steps: int | None = None) -> None:
+  """Checks an optimizer config section; raises ValueError naming the key.
+
+  Args:
+    config: the `optimizer` section of an experiment config.
+    total_steps: optimizer updates in the run; when given, schedule lengths
+      (warmup, step boundaries) are checked against it.
+
+  Raises:
+    ValueError: with a one-line message such as
+      ``optimizer.learning_rate=-0.1 must be > 0``.
+  """
+  missing = [k for k in _REQUIRED_KEYS if k not in config]
+  if missing:
+    raise ValueError(f"optimizer section lacks keys {missing}; "
+                     "start from cnnjax.config.get_config()")
+  _check_name_and_rate(config)
+  _check_regularization(config)
+  _check_schedule(config)
   if total_steps is not None:
-    if not isinstance(total_steps, int) or total_steps < 1:
-      raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1")
-    if w >= total_steps:
-      raise _fail("warmup_steps", w, f"must be < the {total_steps} "
-                  "optimizer updates of the run")
-    if config.schedule == "step":
-      for x in b:
-        if round(x * total_steps) <= w:
-          raise _fail("step_boundaries", b, f"puts a drop at step "
-                      f"{round(x * total_steps)}, inside warmup_steps={w}")
+    _check_run_length(config, total_steps)
 
 
 # ------------------------------------------------------------------ schedules
+
+def _after_warmup(config: ml_collections.ConfigDict, lr: float,
+                  total_steps: int) -> optax.Schedule:
+  """The schedule of the ``total_steps - warmup_steps`` updates after the warmup."""
+  kind = config.schedule
+  w = int(config.warmup_steps)
+  a = float(config.end_learning_rate_factor)
+  d = max(total_steps - w, 1)
+  if kind == "constant":
+    return optax.constant_schedule(lr)
+  if kind == "cosine":
+    return optax.cosine_decay_schedule(lr, decay_steps=d, alpha=a)
+  if kind == "step":
+    drops: dict[int, float] = {}
+    for b in config.step_boundaries:
+      step = round(b * total_steps) - w
+      drops[step] = drops.get(step, 1.0) * float(config.step_factor)
+    return optax.piecewise_constant_schedule(lr, drops)
+  if kind == "exponential":
+    return optax.exponential_decay(lr, transition_steps=d, decay_rate=a, end_value=a * lr)
+  if kind == "linear":
+    return optax.linear_schedule(lr, a * lr, transition_steps=d)
+  if kind == "cosine_restarts":
+    # Whole cycles only, so that training ends at the bottom of one.
+    n = min(d, max(1, round(1 / config.restart_period_fraction)))
+    return optax.sgdr_schedule([
+        dict(init_value=lr, peak_value=lr, warmup_steps=0,
+             decay_steps=d // n + (i < d % n), end_value=a * lr)
+        for i in range(n)])
+  raise _fail("schedule", kind, f"is not a schedule; accepted: {', '.join(SCHEDULES)}")
+
 
 def make_schedule(config: ml_collections.ConfigDict,
                   total_steps: int) -> optax.Schedule:
@@ -376,46 +410,16 @@ def make_schedule(config: ml_collections.ConfigDict,
     0.05
   """
   lr = config.learning_rate
-  if lr is None:
-    lr = default_learning_rate(config.name)
-  lr = float(lr)
-  kind = config.schedule
+  lr = float(default_learning_rate(config.name) if lr is None else lr)
   w = int(config.warmup_steps)
-  a = float(config.end_learning_rate_factor)
-  d = max(total_steps - w, 1)
-
-  if kind == "onecycle":
+  if config.schedule == "onecycle":
     pct = w / total_steps if w > 0 else 0.3  # torch OneCycleLR pct_start
     return optax.cosine_onecycle_schedule(total_steps, lr, pct_start=pct)
-  if kind == "warmup_cosine":
+  if config.schedule == "warmup_cosine":
     return optax.warmup_cosine_decay_schedule(
-        0.0, lr, warmup_steps=w, decay_steps=total_steps, end_value=a * lr)
-
-  if kind == "constant":
-    main = optax.constant_schedule(lr)
-  elif kind == "cosine":
-    main = optax.cosine_decay_schedule(lr, decay_steps=d, alpha=a)
-  elif kind == "step":
-    drops: dict[int, float] = {}
-    for b in config.step_boundaries:
-      step = round(b * total_steps) - w
-      drops[step] = drops.get(step, 1.0) * float(config.step_factor)
-    main = optax.piecewise_constant_schedule(lr, drops)
-  elif kind == "exponential":
-    main = optax.exponential_decay(lr, transition_steps=d, decay_rate=a,
-                                   end_value=a * lr)
-  elif kind == "linear":
-    main = optax.linear_schedule(lr, a * lr, transition_steps=d)
-  elif kind == "cosine_restarts":
-    # Whole cycles only, so that training ends at the bottom of one.
-    n = min(d, max(1, round(1 / config.restart_period_fraction)))
-    main = optax.sgdr_schedule([
-        dict(init_value=lr, peak_value=lr, warmup_steps=0,
-             decay_steps=d // n + (i < d % n), end_value=a * lr)
-        for i in range(n)])
-  else:
-    raise _fail("schedule", kind, f"is not a schedule; accepted: "
-                f"{', '.join(SCHEDULES)}")
+        0.0, lr, warmup_steps=w, decay_steps=total_steps,
+        end_value=float(config.end_learning_rate_factor) * lr)
+  main = _after_warmup(config, lr, total_steps)
   if w == 0:
     return main
   warmup = optax.linear_schedule(0.0, lr, transition_steps=w)
@@ -518,8 +522,8 @@ def scale_learning_rate(opt_state: optax.OptState,
   the trainer's divergence rollback.
 
   Example:
-    >>> from experiments.configs import base
-    >>> cfg = base.get_config().optimizer
+    >>> from cnnjax import config as config_lib
+    >>> cfg = config_lib.get_config().optimizer
     >>> cfg.name = "sgd"
     >>> state = make_optimizer(cfg, 10).init({"w": jnp.ones(2)})
     >>> round(float(learning_rate(scale_learning_rate(state, 0.5))), 6)
@@ -555,8 +559,8 @@ def set_learning_rate_scale(opt_state: optax.OptState,
   already in the state (e.g. one restored from a checkpoint).
 
   Example:
-    >>> from experiments.configs import base
-    >>> state = make_optimizer(base.get_config().optimizer, 10).init(
+    >>> from cnnjax import config as config_lib
+    >>> state = make_optimizer(config_lib.get_config().optimizer, 10).init(
     ...     {"w": jnp.ones(2)})
     >>> state = set_learning_rate_scale(scale_learning_rate(state, 0.5), 0.25)
     >>> round(float(learning_rate(state)), 8)  # adam: 0.001 * 0.25
@@ -572,28 +576,6 @@ def set_learning_rate_scale(opt_state: optax.OptState,
     return x._replace(scale=scale, learning_rate=lr)
 
   return _replace_lr_state(opt_state, set_scale)
-
-
-def _finite_state(opt_state: optax.OptState):
-  is_aif = lambda x: isinstance(x, optax.ApplyIfFiniteState)
-  found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_aif) if is_aif(x)]
-  return found[0] if found else None
-
-
-def skipped_updates(opt_state: optax.OptState) -> jax.Array:
-  """Total updates skipped for non-finite gradients (int32 ``[]``).
-
-  Always 0 unless `skip_nonfinite` is on. With grad_accum_steps=k, counts
-  skipped optimizer updates (one per k micro-batches).
-  """
-  s = _finite_state(opt_state)
-  return jnp.zeros([], jnp.int32) if s is None else s.total_notfinite
-
-
-def consecutive_skipped_updates(opt_state: optax.OptState) -> jax.Array:
-  """Updates skipped in a row up to now (int32 ``[]``); 0 after a good one."""
-  s = _finite_state(opt_state)
-  return jnp.zeros([], jnp.int32) if s is None else s.notfinite_count
 
 
 # ------------------------------------------------------------------- builder
@@ -667,8 +649,6 @@ def make_optimizer(config: ml_collections.ConfigDict,
   chain.append(_with_learning_rate(factory,
                                    make_schedule(config, updates_total)))
   tx = optax.chain(*chain)
-  if config.skip_nonfinite:
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER)
   if k > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
   return tx

@@ -5,10 +5,10 @@ Usage (2-core CPU, ~2 minutes per model with --compare_torch):
   python -m experiments.benchmark --models=keras_cifar_cnn,mnist_cnn \
       --batch_size=128 --compare_torch --output_json=/tmp/bench.json
 
-For each model it times the library's own compiled train step
-(`cnnjax.training.steps.train_step` over `create_train_state`, `get_model`,
-`make_optimizer` and `for_classification`: Adam, softmax cross-entropy) on a
-synthetic batch already on the device, after compilation. With
+For each model it times the library's own compiled train step, assembled by
+`cnnjax.training.build.build_run` exactly as a training run assembles it (the default
+config's Adam and softmax cross-entropy, the CPU micro-batch rule), on a synthetic
+batch already on the device, after compilation. With
 ``--compare_torch`` the same architecture in PyTorch eager (same parameter
 count, same batch, Adam, cross-entropy) runs in the same process, in windows
 alternating with the JAX ones, so that load from other processes hits both
@@ -20,7 +20,6 @@ XLA float32 matrix multiply measured in the same run.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import platform
@@ -31,15 +30,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
-from cnnjax import cpu_runtime, losses, models, optimizers
+from cnnjax import config as config_lib
+from cnnjax import cpu_runtime, models
 from cnnjax.data import catalog
 from cnnjax.data import pipeline
 from cnnjax.models import fast_ops
-from cnnjax.training import state as state_lib
-from cnnjax.training import steps as steps_lib
-from experiments.configs import base
+from cnnjax.training import build
+from experiments import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"], "Models to benchmark.")
@@ -48,7 +47,8 @@ flags.DEFINE_bool("compare_torch", False, "Also time the same model in PyTorch e
 flags.DEFINE_string("output_json", "", "Write the results here as JSON.")
 flags.DEFINE_integer("windows", 5, "Timed windows per contender (the median is reported).")
 flags.DEFINE_integer("steps_per_window", 0, "Steps per window; 0 picks ~0.5 s per window.")
-flags.DEFINE_integer("microbatches", None, "Train-step micro-batches; default: the base config's.")
+flags.DEFINE_integer("microbatches", 0, "Train-step micro-batches; 0 = the training rule "
+                     "(cnnjax.training.steps.resolve_microbatches).")
 flags.DEFINE_enum("fast_ops", "auto", list(fast_ops.IMPLEMENTATIONS),
                   "Convolution/pooling formulation (see cnnjax.models.fast_ops).")
 flags.DEFINE_bool("donate", True, "Donate the train state to the step (buffer reuse).")
@@ -85,15 +85,15 @@ def _summary(rates: list[float]) -> dict[str, float]:
 
 def _forward_flops(model, variables, input_shape) -> float:
   """Forward FLOPs per image of the plain lax formulation (XLA cost analysis)."""
-  with fast_ops.implementation("lax"):
-    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    cost = fwd.lower(variables, jnp.zeros((1, *input_shape))).compile().cost_analysis()
+  lax_model = model.clone(implementation="lax")
+  fwd = jax.jit(lambda v, x: lax_model.apply(v, x, train=False))
+  cost = fwd.lower(variables, jnp.zeros((1, *input_shape))).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
 
 
-def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
-  """Images/s of `cnnjax.data.pipeline.Dataset.train_batches` (to device) on synthetic uint8 data."""
+def _synthetic_dataset(input_shape, batch_size: int, steps: int) -> pipeline.Dataset:
+  """``steps`` batches of uniform random uint8 images and labels in the catalog's shape."""
   name = _PIPELINE_DATASET.get(input_shape[-1], "cifar10")
   info = catalog.dataset_info(name)
   if tuple(info.image_shape) != tuple(input_shape):
@@ -102,7 +102,12 @@ def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
   n = batch_size * steps
   train = (rng.integers(0, 256, (n, *input_shape), dtype=np.uint8), rng.integers(0, 10, n))
   test = (train[0][:batch_size], train[1][:batch_size])
-  ds = pipeline.Dataset(info, train, test, batch_size=batch_size, eval_batch_size=batch_size)
+  return pipeline.Dataset(info, train, test, batch_size=batch_size, eval_batch_size=batch_size)
+
+
+def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
+  """Images/s of `cnnjax.data.pipeline.Dataset.train_batches` (to device) on synthetic uint8 data."""
+  ds = _synthetic_dataset(input_shape, batch_size, steps)
   t = time.perf_counter()
   count = 0
   for batch in ds.train_batches(0):
@@ -161,26 +166,24 @@ def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
 # ----------------------------------------------------------------------------- one model
 
 
+def _run(name: str, input_shape, batch_size: int, implementation: str,
+         microbatches: int) -> build.Run:
+  """The run a training job of ``name`` would build (default config: Adam, cross-entropy)."""
+  config = config_lib.get_config()
+  config.model, config.batch_size, config.eval_batch_size = name, batch_size, batch_size
+  config.augment.crop_padding, config.validation_fraction = 0, 0.0
+  return build.build_run(config, data=_synthetic_dataset(input_shape, batch_size, 1),
+                         implementation=implementation, microbatches=microbatches)
+
+
 def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_window: int,
                     requested_microbatches: int, compare_torch: bool, donate: bool,
-                    peak_gflops: float) -> dict[str, object]:
+                    peak_gflops: float, implementation: str = "auto") -> dict[str, object]:
   """Measures one model; returns the per-model JSON record."""
   input_shape = INPUT_SHAPES.get(name, (32, 32, 3))
-  config = base.get_config()
-  model = models.get_model(name, num_classes=10)
-  tx = optimizers.make_optimizer(config.optimizer, 10_000)
-  loss_fn = losses.for_classification(config.loss.name, num_classes=10)
-  state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
-  n_params = state_lib.num_params(state.params)
-  # The same rule the training loop applies (0 = auto), so the default path is measured.
-  microbatches = steps_lib.resolve_microbatches(
-      requested_microbatches, per_device_batch=batch_size,
-      has_batch_norm=models.has_batch_norm(name), backend=jax.default_backend(),
-      num_params=n_params)
-
-  step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn,
-                                   microbatches=microbatches),
-                 donate_argnums=(0,) if donate else ())
+  run = _run(name, input_shape, batch_size, implementation, requested_microbatches)
+  state, model, microbatches, n_params = run.state, run.model, run.microbatches, run.num_params
+  step = jax.jit(run.train_step(), donate_argnums=(0,) if donate else ())
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.random((batch_size, *input_shape), np.float32)),
            "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
@@ -213,7 +216,7 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
       torch_rates.append(
           batch_size * steps_per_window / _timed(lambda: torch_run(steps_per_window)))
 
-  eval_step = jax.jit(functools.partial(steps_lib.eval_step, loss_fn=loss_fn, num_classes=10))
+  eval_step = jax.jit(run.eval_step())
   eval_batch = dict(batch, mask=jnp.ones((batch_size,), jnp.float32))
   jax.block_until_ready(eval_step(holder[0], eval_batch))
   eval_rates = []
@@ -230,7 +233,7 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
       "params": n_params,
       "input_shape": list(input_shape),
       "microbatches": microbatches,
-      "fast_ops": fast_ops.current_implementation(),
+      "fast_ops": fast_ops.resolve(implementation),
       "steps_per_window": steps_per_window,
       "cnnjax_images_per_sec": jax_median,
       "cnnjax_spread": _summary(jax_rates),
@@ -286,12 +289,10 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
 
 def main(argv: list[str]) -> None:
   del argv
-  fast_ops.set_implementation(FLAGS.fast_ops)
-  requested = (base.get_config().microbatches if FLAGS.microbatches is None
-               else FLAGS.microbatches)
+  cli.configure_process()
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
-    raise app.UsageError(f"Unknown model(s) {unknown}; expected some of {models.model_names()}")
+    cli.fail(f"--models has unknown model(s) {unknown}; expected some of {models.model_names()}")
   peak = _matmul_peak_gflops()
   peak_gflops = max(peak.values())
   result: dict[str, object] = {
@@ -310,7 +311,7 @@ def main(argv: list[str]) -> None:
     record = benchmark_model(
         name, batch_size=FLAGS.batch_size, windows=FLAGS.windows,
         steps_per_window=FLAGS.steps_per_window,
-        requested_microbatches=requested,
+        requested_microbatches=FLAGS.microbatches, implementation=FLAGS.fast_ops,
         compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops)
     result["models"][name] = record
     torch_part = (f", torch {record['torch_images_per_sec']:.0f} img/s, ratio {record['ratio']:.2f}"
@@ -328,4 +329,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

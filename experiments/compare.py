@@ -14,11 +14,13 @@ import json
 import os
 import sys
 import time
-import traceback
 
-from absl import app, flags, logging
+from absl import flags
 from ml_collections import config_flags
 
+from experiments import cli
+
+_UNSET = cli.take_none_overrides()
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Study config file (a Python file with get_config()).", lock_config=True)
 _WORKDIR = flags.DEFINE_string(
@@ -26,43 +28,28 @@ _WORKDIR = flags.DEFINE_string(
 _MEASURE = flags.DEFINE_bool(
     "measure_vmap", False, "Also time the largest group: vmapped vs one run after another.")
 _MEASURE_STEPS = flags.DEFINE_integer("measure_steps", 40, "Train steps timed by --measure_vmap.")
-_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks for errors.")
-
-EXIT_BAD_INPUT = 2
-
-
-def _fail(message: str) -> None:
-  print(f"error: {message}", file=sys.stderr, flush=True)
-  sys.exit(EXIT_BAD_INPUT)
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
 
 def _log(line: str) -> None:
-  print(f"[{datetime.datetime.now():%H:%M:%S}] {line}", flush=True)
+  print(f"[{datetime.datetime.now():%H:%M:%S}] {line}", file=sys.stderr, flush=True)
 
 
-def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
-              log=_log) -> dict:
-  """Trains the study, writes results.json, report.md and plots/ into workdir."""
-  from cnnjax.study import grid, report, vmapped  # pylint: disable=g-import-not-at-top
-  t_start = time.perf_counter()
-  variants = grid.expand(study)
-  groups = grid.group_variants(variants)
-  target = study.get("target_accuracy", None)
-  title = study.get("title", "") or "study"
-  base = study.base
-  log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); "
-      f"{base.model} on {base.dataset}, "
-      + (f"{base.num_train_steps} steps" if base.num_train_steps else f"{base.num_epochs} epochs")
-      + f", batch {base.batch_size}; outputs in {workdir}")
-  results: list[dict] = [None] * len(variants)  # type: ignore[list-item]
+def _budget(base) -> str:
+  return (f"{base.num_train_steps} steps" if base.num_train_steps else
+          f"{base.num_epochs} epochs") + f", batch {base.batch_size}"
+
+
+def _train_groups(groups, target, log) -> tuple[list[dict], list[dict]]:
+  from cnnjax.study import vmapped  # pylint: disable=g-import-not-at-top
+  results: dict[int, dict] = {}
   group_times = []
   for gi, group in enumerate(groups, 1):
     settings = list(dict.fromkeys(v.setting for v in group))
     label = (f"group {gi}/{len(groups)} [{settings[0]}" + (f" +{len(settings) - 1} settings"
              if len(settings) > 1 else "") + f", {len(group)} runs]")
     t = time.perf_counter()
-    out = vmapped.train_group([v.config for v in group], log=log, label=label,
-                              target_accuracy=target)
+    out = vmapped.train_group([v.config for v in group], log=log, label=label, target=target)
     group_times.append({"group": gi, "runs": len(group), "settings": settings,
                         "wall_seconds": time.perf_counter() - t,
                         "compile_seconds": out[0]["compile_seconds"],
@@ -73,58 +60,75 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
       results[v.index] = {"name": v.name, "setting": v.setting, "seed": v.seed,
                           "optimizer": v.optimizer, "learning_rate": v.learning_rate,
                           "loss": v.loss, "overrides": v.overrides, "group": gi, **r}
-  wall = time.perf_counter() - t_start
-  timing = {"total wall seconds": wall, "runs": len(variants), "groups": len(groups),
+  return [results[i] for i in sorted(results)], group_times
+
+
+def _measure(groups, steps: int, timing: dict, log) -> dict:
+  from cnnjax.study import vmapped  # pylint: disable=g-import-not-at-top
+  biggest = max(groups, key=len)
+  log(f"measuring vmap on the largest group ({len(biggest)} runs, {steps} steps)")
+  m = vmapped.measure_vmap([v.config for v in biggest], steps=steps, log=log)
+  timing.update({"vmap: K runs": m["k"], "vmap: steps timed": m["steps"],
+                 "vmap: vmapped seconds": m["vmapped_seconds"],
+                 "vmap: one-after-another seconds": m["sequential_seconds"],
+                 "vmap: speedup (sequential / vmapped)": m["speedup"]})
+  return m
+
+
+def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
+              log=_log) -> dict:
+  """Trains the study, writes results.json, report.md and plots/ into workdir."""
+  from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
+  t_start = time.perf_counter()
+  variants = grid.expand(study)
+  groups = grid.group_variants(variants)
+  target = study.get("target", None)
+  title = study.get("title", "") or "study"
+  base = study.base
+  log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); {base.model} on "
+      f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
+  results, group_times = _train_groups(groups, target, log)
+  timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
+            "groups": len(groups),
             "compile seconds (all groups)": sum(g["compile_seconds"] for g in group_times),
             "train seconds (all groups)": sum(g["train_seconds"] for g in group_times)}
   extra = {"groups": group_times, "timing": timing}
   if measure_vmap:
-    biggest = max(groups, key=len)
-    log(f"measuring vmap on the largest group ({len(biggest)} runs, {measure_steps} steps)")
-    m = vmapped.measure_vmap([v.config for v in biggest], steps=measure_steps, log=log)
-    extra["vmap_speed"] = m
-    timing["vmap: K runs"] = m["k"]
-    timing["vmap: steps timed"] = m["steps"]
-    timing["vmap: vmapped seconds"] = m["vmapped_seconds"]
-    timing["vmap: one-after-another seconds"] = m["sequential_seconds"]
-    timing["vmap: speedup (sequential / vmapped)"] = m["speedup"]
-
+    extra["vmap_speed"] = _measure(groups, measure_steps, timing, log)
   os.makedirs(workdir, exist_ok=True)
-  study_desc = json.loads(study.to_json_best_effort())
-  report.write_results(os.path.join(workdir, "results.json"), study_desc, results, extra)
-  plots = report.plot_all(results, os.path.join(workdir, "plots"), title)
-  n_test = results[0].get("test_examples") if results else None
-  desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, "
-          + (f"{base.num_train_steps} steps" if base.num_train_steps else
-             f"{base.num_epochs} epochs") + f", batch {base.batch_size}, seeds "
+  report.write_results(os.path.join(workdir, "results.json"),
+                       json.loads(study.to_json_best_effort()), results, extra)
+  names = plots.plot_all(results, os.path.join(workdir, "plots"), title)
+  metric, _ = report.headline_of(results)
+  desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
           f"{tuple(study.seeds)}. Variants that differ only in seed, learning rate or loss "
           f"were trained together in one vmapped program ({len(groups)} group(s)). "
-          f"Target for 'steps to target': validation accuracy >= {target}.")
+          f"Target for 'steps to target': validation {metric} "
+          f"{'>=' if results[0]['headline_goal'] == 'max' else '<='} {target}.")
   text = report.write_report(os.path.join(workdir, "report.md"), title=title, description=desc,
-                             results=results, target_accuracy=target, n_test=n_test,
-                             timing=timing, plots=[f"plots/{p}" for p in plots])
-  log(f"done in {wall:.1f}s: {os.path.join(workdir, 'report.md')}")
+                             results=results, target=target,
+                             n_test=results[0].get("test_examples") if results else None,
+                             timing=timing, plots=[f"plots/{n}" for n in names])
+  log(f"done in {time.perf_counter() - t_start:.1f}s: {os.path.join(workdir, 'report.md')}")
   return {"results": results, "report": text, **extra}
 
 
 def main(argv):
   if len(argv) > 1:
-    _fail(f"unexpected arguments {argv[1:]}; flags look like --config.key=value")
-  logging.set_verbosity(logging.INFO if _VERBOSE.value else logging.WARNING)
-  study = _CONFIG.value
+    cli.fail(f"unexpected arguments {argv[1:]}; flags look like --config.key=value")
+  cli.configure_process()
+  study = cli.config_value(_CONFIG, _UNSET)
   if study is None:
-    _fail("--config is required, e.g. --config=experiments/configs/compare_optimizers.py")
-  name = os.path.splitext(os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"])))[0]
+    cli.fail("--config is required, e.g. --config=experiments/configs/compare_optimizers.py")
+  name = os.path.splitext(os.path.basename(
+      config_flags.get_config_filename(flags.FLAGS["config"])))[0]
   workdir = _WORKDIR.value or os.path.join(
       "runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-  from cnnjax.data import DatasetNotFoundError  # pylint: disable=g-import-not-at-top
   try:
     out = run_study(study, workdir, measure_vmap=_MEASURE.value,
                     measure_steps=_MEASURE_STEPS.value)
-  except (ValueError, TypeError, DatasetNotFoundError) as e:
-    if _VERBOSE.value:
-      traceback.print_exc()
-    _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+  except (ValueError, TypeError) as e:  # DatasetNotFoundError is a ValueError
+    cli.fail(str(e), exc=e)
   print()
   print(out["report"].split("## Plots")[0].split("\n", 4)[-1].strip())
   print()
@@ -132,4 +136,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

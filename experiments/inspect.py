@@ -23,12 +23,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import inspection, models
-from cnnjax.inspection import parse_shape
 from cnnjax.data import catalog
+from cnnjax.inspection import parse_shape
+from experiments import cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "experiments/configs/default.py",
                                           "Experiment config file.")
@@ -37,6 +38,7 @@ _INPUT_SHAPE = flags.DEFINE_list(
     "input_shape", None, "H,W,C of one image; default: the config dataset's image shape.")
 _ACTIVATIONS = flags.DEFINE_bool("activations", False, "Also print activation statistics.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 64, "Images for --activations.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
 
 def sample_batch(dataset: str, shape: tuple[int, int, int], n: int,
@@ -53,8 +55,9 @@ def sample_batch(dataset: str, shape: tuple[int, int, int], n: int,
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  config = _CONFIG.value
+    cli.fail(f"unexpected arguments {argv[1:]}")
+  cli.configure_process()
+  config = cli.config_value(_CONFIG)
   info = catalog.dataset_info(config.dataset)
   name = _MODEL.value or config.model
   try:
@@ -63,8 +66,8 @@ def main(argv: Sequence[str]) -> None:
                              dropout_rate=config.dropout_rate)
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
-  except ValueError as e:  # unknown model, bad shape, input too small for the model
-    raise app.UsageError(str(e)) from e
+  except (ValueError, TypeError) as e:  # unknown model, bad shape, input too small
+    cli.fail(str(e), exc=e)
   rows = inspection.layer_table(model, shape, variables=variables)
   print(f"{name} on {'x'.join(map(str, shape))} inputs, {info.num_classes} classes "
         f"(dtype {config.dtype})")
@@ -82,4 +85,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

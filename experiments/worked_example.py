@@ -17,16 +17,19 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from absl import app, flags
+from absl import flags
 
-from cnnjax.worked_example import format_stages, run, to_json
+from experiments import cli
 
 _OUTPUT_JSON = flags.DEFINE_string("output_json", None, "Write every stage to this JSON file.")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.fail(f"unexpected arguments {argv[1:]}")
+  cli.configure_process()
+  from cnnjax.worked_example import format_stages, run, to_json  # pylint: disable=g-import-not-at-top
   stages = run()
   print(format_stages(stages))
   if _OUTPUT_JSON.value:
@@ -36,4 +39,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

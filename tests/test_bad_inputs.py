@@ -28,8 +28,8 @@ CASES = [
     ("unknown_loss", ["--config.loss.name=crossentropyy"], ["crossentropyy", "valid names"]),
     ("unknown_optimizer", ["--config.optimizer.name=adamm"], ["adamm", "adam"]),
     ("unknown_schedule", ["--config.optimizer.schedule=triangle"], ["triangle", "cosine"]),
-    ("unknown_key", ["--config.learning_rate=0.1"], ["learning_rate", "base.py"]),
-    ("unknown_nested_key", ["--config.optimizer.lr=0.1"], ["'lr'", "base.py"]),
+    ("unknown_key", ["--config.learning_rate=0.1"], ["learning_rate", "cnnjax/config.py"]),
+    ("unknown_nested_key", ["--config.optimizer.lr=0.1"], ["'lr'", "cnnjax/config.py"]),
     ("misspelt_key", ["--config.modle=bn_cnn"], ["'modle'", "did you mean 'model'"]),
     ("lr_negative", ["--config.optimizer.learning_rate=-0.1"], ["learning_rate=-0.1", "> 0"]),
     ("lr_zero", ["--config.optimizer.learning_rate=0.0"], ["learning_rate=0.0", "> 0"]),
@@ -39,10 +39,10 @@ CASES = [
     ("eval_batch_size_zero", ["--config.eval_batch_size=0"], ["eval_batch_size=0", "> 0"]),
     ("dropout_one", ["--config.dropout_rate=1.0"], ["dropout_rate=1.0", "[0, 1)"]),
     ("dropout_negative", ["--config.dropout_rate=-0.2"], ["dropout_rate=-0.2", "[0, 1)"]),
-    ("validation_fraction_zero", ["--config.validation_fraction=0.0"],
-     ["validation_fraction=0.0", "(0, 1)"]),
+    ("validation_fraction_one", ["--config.validation_fraction=1.0"],
+     ["validation_fraction=1.0", "[0, 1)"]),
     ("validation_fraction_above_one", ["--config.validation_fraction=1.5"],
-     ["validation_fraction=1.5", "(0, 1)"]),
+     ["validation_fraction=1.5", "[0, 1)"]),
     ("nothing_to_train", ["--config.num_epochs=0", "--config.num_train_steps=0"],
      ["num_epochs=0", "num_train_steps=0"]),
     ("negative_steps", ["--config.num_train_steps=-5"], ["num_train_steps=-5", ">= 0"]),
@@ -50,7 +50,11 @@ CASES = [
      ["binary_cross_entropy", "10"]),
     ("hinge_on_10_classes", ["--config.loss.name=hinge"], ["hinge", "10"]),
     ("non_classification_loss", ["--config.loss.name=contrastive"], ["contrastive"]),
-    ("unknown_loss_option", ["--config.loss.margin=2.0"], ["margin"]),
+    ("unknown_loss_option", ["--config.loss.margin=2.0"],
+     ["loss.margin", "sparse_categorical_cross_entropy", "accepted: [class_weights"]),
+    ("option_of_another_loss", ["--config.loss.name=focal", "--config.loss.margin=2.0"],
+     ["loss.margin is not an option of focal", "accepted: [alpha, gamma, label_smoothing]"]),
+    ("unknown_task", ["--config.task=detection"], ["task='detection'", "classification"]),
     ("label_smoothing_out_of_range", ["--config.loss.label_smoothing=1.5"],
      ["label_smoothing", "1.5"]),
     ("on_nonfinite_unknown", ["--config.on_nonfinite=ignore"], ["on_nonfinite='ignore'", "stop"]),
@@ -63,8 +67,21 @@ CASES = [
     ("augment_scale", ["--config.augment.scale=1.0"], ["augment.scale=1.0", "[0, 1)"]),
     ("stray_argument", ["train"], ["unexpected arguments", "train"]),
     ("workdir_is_a_file", ["WORKDIR_FILE"], ["is a file", "directory"]),
-    ("workdir_under_a_file", ["WORKDIR_UNDER_FILE"], ["cannot be created", "not a writable"]),
+    ("workdir_under_a_file", ["WORKDIR_UNDER_FILE"], ["cannot be created", "not a directory"]),
+    ("workdir_in_proc", ["--workdir=/proc/cnnjax-run"], ["/proc/cnnjax-run", "cannot be created"]),
+    ("config_file_missing", ["CONFIG=missing.py"], ["missing.py", "no such file"]),
+    ("config_file_syntax_error", ["CONFIG=syntax.py"], ["syntax.py", "SyntaxError", "line 2"]),
+    ("config_file_raises", ["CONFIG=raises.py"],
+     ["raises.py", "get_config() raised RuntimeError", "no recipe here"]),
+    ("config_file_without_get_config", ["CONFIG=empty.py"], ["empty.py", "get_config"]),
 ]
+
+# The broken config files of the CONFIG= cases.
+_CONFIG_FILES = {
+    "syntax.py": "def get_config():\n  return (\n",
+    "raises.py": "def get_config():\n  raise RuntimeError('no recipe here')\n",
+    "empty.py": "VALUE = 1\n",
+}
 
 # Forks one child per case after the expensive imports; the child runs the
 # entrypoint exactly as `python -m experiments.main ARGS` would.
@@ -136,12 +153,18 @@ def results(workdir, tmp_path_factory):
   out = tmp_path_factory.mktemp("bad_input_stderr")
   blocker = out / "a_file"
   blocker.write_text("not a directory")
+  for filename, text in _CONFIG_FILES.items():
+    (out / filename).write_text(text)
   cases = []
   for name, argv, _ in CASES:
     if argv == ["WORKDIR_FILE"]:
       cases.append((name, [f"--workdir={blocker}"]))
     elif argv == ["WORKDIR_UNDER_FILE"]:
       cases.append((name, [f"--workdir={blocker}/run"]))
+    elif argv[0].startswith("CONFIG="):
+      cases.append((name, [f"--workdir={workdir}", f"--config={out / argv[0][7:]}"]))
+    elif argv[0].startswith("--workdir="):
+      cases.append((name, argv))
     else:
       cases.append((name, [f"--workdir={workdir}", *argv]))
   before = _hash_tree(workdir)
@@ -176,7 +199,8 @@ def test_bad_input_fails_before_heavy_imports_and_compilation(workdir):
   """A plain subprocess: the error comes before tfds, grain, orbax or matplotlib load."""
   probe = textwrap.dedent("""
       import atexit, runpy, sys
-      heavy = ("tensorflow_datasets", "grain", "orbax.checkpoint", "matplotlib", "tensorboardX")
+      heavy = ("tensorflow_datasets", "grain", "orbax.checkpoint", "matplotlib", "tensorboardX",
+               "torch")
       atexit.register(lambda: print("LOADED", [m for m in heavy if m in sys.modules],
                                     file=sys.stderr))
       sys.argv = ["experiments/main.py", *sys.argv[1:]]

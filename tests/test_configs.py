@@ -8,8 +8,8 @@ import os
 import pytest
 import tensorflow_datasets as tfds
 
+from cnnjax import config as config_lib
 from cnnjax.training import loop
-from cnnjax.training.validation import validate_config
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
 EXPERIMENT_CONFIGS = sorted(
@@ -24,7 +24,7 @@ def load(name):
 @pytest.mark.parametrize("name", EXPERIMENT_CONFIGS)
 def test_config_is_valid_and_documents_its_command(name):
   config = load(name)
-  validate_config(config)
+  config_lib.validate(config)
   doc = importlib.import_module(f"experiments.configs.{name}").__doc__ or ""
   if name != "base":
     assert "python -m experiments.main" in doc and "Expected" in doc, name

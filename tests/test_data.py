@@ -20,11 +20,11 @@ import tensorflow_datasets as tfds
 import cnnjax.data
 from cnnjax.data import prepare
 from cnnjax.data import sources
-from experiments.configs import base
+from cnnjax import config as config_lib
 
 
 def make_config(**overrides):
-  c = base.get_config()
+  c = config_lib.get_config()
   for key, value in overrides.items():
     c[key] = value
   return c

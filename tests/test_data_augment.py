@@ -9,11 +9,11 @@ import pytest
 from scipy import ndimage as scipy_ndimage
 
 from cnnjax.data import augment
-from experiments.configs import base
+from cnnjax import config as config_lib
 
 
 def augment_config(**overrides):
-  c = base.get_config().augment
+  c = config_lib.get_config().augment
   for key, value in overrides.items():
     c[key] = value
   return c

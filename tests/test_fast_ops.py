@@ -9,7 +9,6 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
@@ -123,9 +122,9 @@ def test_conv_relu_max_pool_equals_separate_lax_ops(cin, ksize, padding, strides
     y = jax.nn.relu(fast_ops.conv2d_lax(x, k, strides=strides, padding=padding) + b)
     return fast_ops.max_pool_lax(y, (2, 2), padding=pool_padding)
   def fused(x, k, b):
-    with fast_ops.implementation("hybrid"):
-      return fast_ops.conv_relu_max_pool(x, k, b, strides=strides, padding=padding,
-                                         window=(2, 2), pool_padding=pool_padding)
+    return fast_ops.conv_relu_max_pool(x, k, b, strides=strides, padding=padding,
+                                       window=(2, 2), pool_padding=pool_padding,
+                                       implementation="hybrid")
   readout = lambda f: jax.jit(jax.value_and_grad(
       lambda *a: jnp.sum(jnp.sin(f(*a))), argnums=(0, 1, 2)))(x, k, b)
   (v_ref, g_ref), (v, g) = readout(separate), readout(fused)
@@ -140,7 +139,7 @@ def test_models_fuse_only_in_training_and_keep_layers_for_inspection():
   # Same parameters either way; evaluation and intermediate capture keep the
   # separate ReLU and pooling modules.
   from cnnjax import models
-  model = models.get_model("keras_cifar_cnn", num_classes=10)
+  model = models.get_model("keras_cifar_cnn", num_classes=10, implementation="hybrid")
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   variables = model.init(jax.random.key(1), x, train=False)
   jaxpr = lambda train: str(jax.make_jaxpr(
@@ -208,11 +207,12 @@ def test_pooling_equals_lax(kind, window, strides, padding, side):
   padding = padding if isinstance(padding, str) else tuple(padding)
   w = jax.random.normal(jax.random.key(1), ref(x, window, strides, padding).shape)
 
+  fast = functools.partial(fast, implementation="matmul")
+
   @jax.jit
   def outputs(a):
-    with fast_ops.implementation("matmul"):
-      fast_out = jax.value_and_grad(lambda a: jnp.sum(w * fast(a, window, strides, padding)))(a)
-      y = fast(a, window, strides, padding)
+    fast_out = jax.value_and_grad(lambda a: jnp.sum(w * fast(a, window, strides, padding)))(a)
+    y = fast(a, window, strides, padding)
     y_ref = ref(a, window, strides, padding)
     g_ref = jax.grad(lambda a: jnp.sum(w * ref(a, window, strides, padding)))(a)
     return y, fast_out[1], y_ref, g_ref
@@ -226,8 +226,7 @@ def test_max_pool_ties_route_the_gradient_like_lax():
   # Windows with tied maxima. By hand: the whole gradient of a window goes to
   # its first maximal entry in row-major order (lax's select-and-scatter).
   x = jnp.array([[1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 2.0, 2.0]]).reshape(1, 2, 4, 1)
-  with fast_ops.implementation("hybrid"):
-    g = jax.grad(lambda a: jnp.sum(fast_ops.max_pool(a)))(x)
+  g = jax.grad(lambda a: jnp.sum(fast_ops.max_pool(a, implementation="hybrid")))(x)
   g_ref = jax.grad(lambda a: jnp.sum(fast_ops.max_pool_lax(a)))(x)
   expected = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 0.0, 0.0]]
   np.testing.assert_array_equal(g[0, :, :, 0], expected)
@@ -236,44 +235,47 @@ def test_max_pool_ties_route_the_gradient_like_lax():
 
 def test_max_pool_keeps_bfloat16():
   x = jnp.arange(2 * 5 * 5 * 1, dtype=jnp.bfloat16).reshape(2, 5, 5, 1)
-  with fast_ops.implementation("matmul"):
-    y = fast_ops.max_pool(x, (2, 2), None, "SAME")
+  y = fast_ops.max_pool(x, (2, 2), None, "SAME", implementation="matmul")
   assert y.dtype == jnp.bfloat16
   np.testing.assert_array_equal(y, fast_ops.max_pool_lax(x, (2, 2), None, "SAME"))
 
 
 def test_implementation_dispatch():
-  assert fast_ops.current_implementation() == (
-      "hybrid" if jax.default_backend() == "cpu" else "lax")
-  with fast_ops.implementation("lax"):
-    assert fast_ops.current_implementation() == "lax"
+  assert fast_ops.resolve("auto") == ("hybrid" if jax.default_backend() == "cpu" else "lax")
+  assert fast_ops.resolve("auto", forward_only=True) == "lax"
+  assert fast_ops.resolve("matmul", forward_only=True) == "matmul"
   with pytest.raises(ValueError, match="'im2col'"):
-    fast_ops.set_implementation("im2col")
+    fast_ops.resolve("im2col")
+  # The choice is an argument: two formulations in one program, no module state.
+  x = jnp.ones((1, 4, 4, 1))
+  k = jnp.ones((2, 2, 1, 1))
+  both = jax.make_jaxpr(lambda x: (fast_ops.conv2d(x, k, implementation="hybrid"),
+                                   fast_ops.conv2d(x, k, implementation="lax")))(x)
+  assert "_hybrid_conv" in str(both) and "conv_general_dilated" in str(both)
 
 
 def _train_losses(model_name, input_shape, implementation, steps=5, microbatches=1):
   """Losses of `steps` library train steps under one fast_ops implementation."""
-  from cnnjax import losses, models, optimizers
+  from cnnjax import config as config_lib
+  from cnnjax import models, optimizers, tasks
+  from cnnjax.data import catalog
   from cnnjax.training import state as state_lib
   from cnnjax.training import steps as steps_lib
-  from experiments.configs import base
 
-  config = base.get_config()
-  opt = ml_collections.ConfigDict(config.optimizer.to_dict())
-  with fast_ops.implementation(implementation):
-    model = models.get_model(model_name, num_classes=10)
-    tx = optimizers.make_optimizer(opt, steps)
-    state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
-    loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
-    step = jax.jit(functools.partial(steps_lib.train_step, loss_fn=loss_fn,
-                                     microbatches=microbatches))
-    rng = np.random.default_rng(0)
-    out = []
-    for i in range(steps):
-      batch = {"image": jnp.asarray(rng.random((16, *input_shape), np.float32)),
-               "label": jnp.asarray(rng.integers(0, 10, 16))}
-      state, metrics = step(state, batch, jax.random.key(1))
-      out.append(float(metrics["loss"]))
+  config = config_lib.get_config()
+  task = tasks.get_task("classification", catalog.dataset_info("mnist"))
+  model = models.get_model(model_name, num_classes=10, implementation=implementation)
+  tx = optimizers.make_optimizer(config.optimizer, steps)
+  state = state_lib.create_train_state(jax.random.key(0), model, tx, input_shape)
+  step = jax.jit(functools.partial(steps_lib.train_step, task=task,
+                                   loss_fn=task.make_loss(config.loss), microbatches=microbatches))
+  rng = np.random.default_rng(0)
+  out = []
+  for _ in range(steps):
+    batch = {"image": jnp.asarray(rng.random((16, *input_shape), np.float32)),
+             "label": jnp.asarray(rng.integers(0, 10, 16))}
+    state, metrics = step(state, batch, jax.random.key(1))
+    out.append(float(metrics["loss"]))
   return np.array(out)
 
 

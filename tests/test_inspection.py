@@ -99,7 +99,7 @@ def test_command_line():
       cwd=REPO, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"},
       timeout=300)
   assert proc.returncode == 0, proc.stderr
-  total = [line for line in proc.stdout.splitlines() if line.startswith("total")]
+  total = [line for line in proc.stdout.splitlines() if line.strip().startswith("total")]
   # LeNet-5 is 61,706 parameters on 28x28x1; three input channels add 5*5*2*6 weights.
   assert total and f"{61_706 + 5 * 5 * 2 * 6:,}" in total[0]
   # 28x28x3 is not the digits shape, so the batch is random, and the output says so.

@@ -395,12 +395,12 @@ def test_convs_and_pools_only_through_fast_ops(name, monkeypatch):
   the model's jaxpr holds no conv or pooling primitive the spies did not emit."""
   calls = {"conv": 0, "pool": 0}
 
-  def conv_spy(x, kernel, *, strides=(1, 1), padding="SAME"):
+  def conv_spy(x, kernel, *, strides=(1, 1), padding="SAME", implementation="auto"):
     calls["conv"] += 1
     return jax.lax.conv_general_dilated(x, kernel, tuple(strides), padding,
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-  def pool_spy(x, window=(2, 2), strides=None, padding="VALID"):
+  def pool_spy(x, window=(2, 2), strides=None, padding="VALID", *, implementation="auto"):
     calls["pool"] += 1
     strides = tuple(window) if strides is None else tuple(strides)
     return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, *window, 1),

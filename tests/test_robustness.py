@@ -120,11 +120,12 @@ def test_reference_run_checkpoints_and_manifest(reference):
   workdir, s = reference
   assert s["status"] == "completed" and [r["step"] for r in s["history"]] == [40, 80, 100]
   # keep_checkpoints=2: the last two saved (periodic 90, final 100), plus the
-  # best by validation accuracy (an epoch-end one; ties may keep another epoch).
+  # best by validation accuracy: the epoch the summary names (the earliest on a tie).
   steps = committed_steps(workdir)
-  best_steps = {r["step"] for r in s["history"] if r["val_accuracy"] == s["best_val_accuracy"]}
-  assert {90, STEPS} <= set(steps) and len(steps) <= 3, steps
-  assert set(steps) & best_steps, (steps, best_steps)
+  best_step = s["history"][s["best_epoch"] - 1]["step"]
+  assert s["history"][s["best_epoch"] - 1]["val_accuracy"] == s["best_val_accuracy"]
+  assert all(r["val_accuracy"] < s["best_val_accuracy"] for r in s["history"][:s["best_epoch"] - 1])
+  assert {90, STEPS, best_step} <= set(steps) and len(steps) <= 3, (steps, best_step)
   with open(os.path.join(workdir, "manifest.json")) as f:
     manifest = json.load(f)
   with open(os.path.join(workdir, "config.json")) as f:
@@ -247,6 +248,29 @@ def test_sigint_exits_130_with_checkpoint(tmp_path, data_dir, env, reference):
   assert s["steps"] in committed_steps(workdir)
 
 
+@pytest.mark.parametrize("stage", ["loading digits", "compiling the train and eval steps"])
+def test_signal_during_startup_ends_the_run_cleanly(stage, tmp_path, data_dir, env, reference):
+  """Ctrl-C while the run starts up: one clean stop at the next safe point, nothing saved."""
+  workdir = str(tmp_path / "startup")
+  proc = start(workdir, data_dir, env, "--config.progress=log")
+  seen = []
+  for line in proc.stderr:
+    seen.append(line)
+    if line.startswith(stage):
+      proc.send_signal(signal.SIGINT)
+      break
+  out, err = proc.communicate(timeout=120)
+  err = "".join(seen) + err
+  assert proc.returncode == 130, err[-3000:]
+  assert "Traceback" not in err and "Exception ignored" not in err
+  final = [x for x in err.splitlines() if x.startswith("interrupted by SIGINT")]
+  assert final == ["interrupted by SIGINT before training started; nothing was saved, rerun the "
+                   "same command to start again"], err
+  assert "checkpoint saved" not in err and "step 1/" not in err
+  assert committed_steps(workdir) == []
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+
+
 def test_different_config_in_same_workdir_is_refused(reference, data_dir, env):
   workdir, _ = reference
   r = run(workdir, data_dir, env, "--config.optimizer.learning_rate=0.01", "--config.seed=3")
@@ -297,8 +321,10 @@ def test_divergence_stop(diverged):
   assert "Traceback" not in err
   line = err.strip().splitlines()[-1]
   assert line.startswith("error: training diverged: the loss became non-finite at step 2"), line
+  assert line.endswith("no checkpoint was saved before it"), line
   s = summary(workdir)
   assert s["status"] == "diverged"
+  assert s["steps"] == s["diverged_step"] == 2  # the step reached, not the steps dispatched
   first = [e for e in s["events"] if e["event"] == "nonfinite"]
   assert first == [{"event": "nonfinite", "step": 2, "metric": "loss", "policy": "stop"}]
   assert [e["step"] for e in _events(workdir)] == [2]

@@ -9,7 +9,6 @@ statistic is checked against scipy.stats.ttest_ind(equal_var=False).
 import json
 import math
 
-import ml_collections
 import numpy as np
 import pytest
 from scipy import stats
@@ -86,8 +85,8 @@ def parity(data_dir, tmp_path_factory):
   """Three value-variants (seed, lr, loss) + one that diverges, in one vmapped group."""
   configs = [tiny(data_dir, 0, learning_rate=0.05), tiny(data_dir, 1, learning_rate=0.1),
              tiny(data_dir, 2, learning_rate=0.05), tiny(data_dir, 0, learning_rate=1e30)]
-  configs[2].loss = ml_collections.ConfigDict({"name": "focal", "gamma": 1.0, "alpha": None})
-  grouped = train_group(configs, target_accuracy=0.5)
+  configs[2].loss.name, configs[2].loss.gamma = "focal", 1.0
+  grouped = train_group(configs, target=0.5)
   alone = [loop.train_and_evaluate(c, str(tmp_path_factory.mktemp("alone")))
            for c in configs[:3]]
   return grouped, alone
@@ -136,7 +135,7 @@ def test_report_and_plots(parity, tmp_path):
                     "loss": "focal" if i == 2 else "ce"})
   rows = aggregate(results)
   assert rows[-1]["setting"] == "sgd lr=1e+30 / ce" and rows[-1]["diverged"] == 1
-  assert rows[0]["accuracy_mean"] == max(r["test_accuracy"] for r in grouped[:3])
+  assert rows[0]["mean"] == max(r["test_accuracy"] for r in grouped[:3])
   names = plot_all(results, str(tmp_path / "plots"), "test")
   assert {"learning_curves.png", "final_accuracy.png", "lr_sensitivity.png",
           "loss_comparison.png"} <= set(names)
@@ -144,7 +143,7 @@ def test_report_and_plots(parity, tmp_path):
     with open(tmp_path / "plots" / n, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   text = write_report(str(tmp_path / "report.md"), title="t", description="d", results=results,
-                      target_accuracy=0.5, n_test=360, timing={"total": 1.0},
+                      target=0.5, n_test=360, timing={"total": 1.0},
                       plots=[f"plots/{n}" for n in names])
   assert "| 1 |" in text and "Summary (generated)" in text and "1/1 |" in text
   json.dumps(results)  # results.json must be writable as plain JSON

@@ -11,10 +11,16 @@ import numpy as np
 import optax
 import pytest
 
-from cnnjax import losses
+from cnnjax import config as config_lib
+from cnnjax import tasks
+from cnnjax.data import catalog
 from cnnjax.models import get_model
-from cnnjax.training import create_train_state, eval_step, loop, train_step
+from cnnjax.training import build, create_train_state, eval_step, loop, train_step
 from experiments.configs import default as default_config
+
+TASK = tasks.get_task("classification", catalog.dataset_info("digits"))
+CE = config_lib.get_config().loss  # sparse categorical cross-entropy, no options
+LOSS = TASK.make_loss(CE)
 
 
 def small_config(data_dir, **overrides):
@@ -30,17 +36,26 @@ def small_config(data_dir, **overrides):
 
 
 def read_event_tags(path):
-  """Scalar tags in a TensorBoard event file, parsed from the TFRecord framing by hand."""
+  """Scalar tags in a TensorBoard event file, read with tensorboardX's protobuf classes
+  (generated from TensorFlow's event.proto) and its CRC-32C, an independent reader."""
+  from tensorboardX.crc32c import crc32c
   from tensorboardX.proto import event_pb2
+  masked = lambda b: ((((crc32c(b) >> 15) | (crc32c(b) << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
   tags = set()
   with open(path, "rb") as f:
     data = f.read()
-  pos = 0
+  pos, versions = 0, []
   while pos < len(data):
-    (length,) = struct.unpack("<Q", data[pos:pos + 8])
-    event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack("<Q", header)
+    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked(header)
+    payload = data[pos + 12:pos + 12 + length]
+    assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked(payload)
+    event = event_pb2.Event.FromString(payload)
+    versions.append(event.file_version)
     tags.update(v.tag for v in event.summary.value)
     pos += 12 + length + 4
+  assert versions[0] == "brain.Event:2"
   return tags
 
 
@@ -120,9 +135,8 @@ def _tiny_state_and_batch():
 
 def test_train_step_compiles_once():
   state, batch = _tiny_state_and_batch()
-  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
   step = jax.jit(chex.assert_max_traces(
-      lambda s, b, r: train_step(s, b, r, loss_fn=loss_fn), n=1))
+      lambda s, b, r: train_step(s, b, r, task=TASK, loss_fn=LOSS), n=1))
   rng = jax.random.key(1)
   first = None
   for _ in range(5):
@@ -130,36 +144,37 @@ def test_train_step_compiles_once():
     first = metrics["loss"] if first is None else first
   assert int(state.step) == 5
   assert float(metrics["loss"]) < float(first)  # it learns the fixed batch
+  assert set(metrics) == {"loss", "accuracy", "grad_norm", "learning_rate", "nonfinite"}
 
 
 def test_microbatches_equal_one_batch_without_batchnorm():
   """Gradient accumulation over micro-batches is the same update (no BatchNorm involved)."""
-  model = get_model("simple_cnn", num_classes=10)
-  state = create_train_state(jax.random.key(0), model, optax.sgd(0.1), (32, 32, 3))
+  model = get_model("lenet5", num_classes=10)
+  state = create_train_state(jax.random.key(0), model, optax.sgd(0.1), (12, 12, 1))
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.random((8, 32, 32, 3), np.float32)),
+  batch = {"image": jnp.asarray(rng.random((8, 12, 12, 1), np.float32)),
            "label": jnp.asarray(rng.integers(0, 10, 8), jnp.int32)}
-  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
-  one, m1 = jax.jit(lambda s: train_step(s, batch, jax.random.key(0), loss_fn=loss_fn))(state)
-  four, m4 = jax.jit(lambda s: train_step(s, batch, jax.random.key(0), loss_fn=loss_fn,
-                                          microbatches=4))(state)
+  step = lambda s, m: train_step(s, batch, jax.random.key(0), task=TASK, loss_fn=LOSS,
+                                 microbatches=m)
+  one, m1 = jax.jit(lambda s: step(s, 1))(state)
+  four, m4 = jax.jit(lambda s: step(s, 4))(state)
   np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-6)
+  np.testing.assert_allclose(m1["accuracy"], m4["accuracy"], rtol=1e-6)
   chex.assert_trees_all_close(one.params, four.params, rtol=1e-5, atol=1e-6)
 
 
 def test_grad_norm_and_nonfinite_flag():
   """grad_norm equals optax's global norm of the same gradients; one inf entry flags the step."""
   state, batch = _tiny_state_and_batch()
-  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
 
   def reference_grads(params):
     def objective(p):
       logits, _ = state.apply_fn({"params": p, "batch_stats": state.batch_stats}, batch["image"],
                                  train=True, mutable=["batch_stats"])
-      return jnp.mean(loss_fn(logits, batch["label"]))
+      return jnp.mean(LOSS(logits, batch))
     return jax.grad(objective)(params)
 
-  step = jax.jit(lambda s: train_step(s, batch, jax.random.key(0), loss_fn=loss_fn))
+  step = jax.jit(lambda s: train_step(s, batch, jax.random.key(0), task=TASK, loss_fn=LOSS))
   _, metrics = step(state)
   np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(reference_grads(state.params)),
                              rtol=1e-5)
@@ -172,8 +187,25 @@ def test_grad_norm_and_nonfinite_flag():
   assert float(metrics["nonfinite"]) == 1.0
 
 
+def test_skip_nonfinite_keeps_the_state_and_counts():
+  """on_nonfinite="skip": a non-finite step leaves params, statistics and optimizer state
+  (so the schedule too) as they were, advances the step and counts it."""
+  state, batch = _tiny_state_and_batch()
+  bad = {**batch, "image": batch["image"].at[0, 0, 0, 0].set(jnp.nan)}
+  step = jax.jit(lambda s, b: train_step(s, b, jax.random.key(0), task=TASK, loss_fn=LOSS,
+                                         skip_nonfinite=True))
+  skipped, metrics = step(state, bad)
+  assert float(metrics["nonfinite"]) == 1.0
+  chex.assert_trees_all_equal((skipped.params, skipped.batch_stats, skipped.opt_state),
+                              (state.params, state.batch_stats, state.opt_state))
+  assert int(skipped.step) == 1 and int(skipped.nonfinite_count) == 1
+  good, metrics = step(skipped, batch)
+  assert float(metrics["nonfinite"]) == 0.0 and int(good.nonfinite_count) == 1
+  assert not np.allclose(jax.tree.leaves(good.params)[0], jax.tree.leaves(state.params)[0])
+
+
 def test_checked_sum_of_squares():
-  from cnnjax.training.steps import _checked_sum_of_squares as checked
+  from cnnjax.training.steps import checked_sum_of_squares as checked
   rng = np.random.default_rng(0)
   tree = {"w": rng.standard_normal((37, 5)).astype(np.float32), "b": np.float32([3.0, -4.0])}
   expected = sum(float(np.sum(np.float64(v) ** 2)) for v in tree.values())  # float64 reference
@@ -200,35 +232,56 @@ def test_auto_microbatches_rule():
 
 def test_eval_step_counts_only_masked_in_examples():
   state, batch = _tiny_state_and_batch()
-  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
   mask = jnp.asarray([1.0] * 10 + [0.0] * 6)
-  full = eval_step(state, {**batch, "mask": mask}, loss_fn=loss_fn, num_classes=10)
+  full = eval_step(state, {**batch, "mask": mask}, task=TASK, loss_fn=LOSS)
   sliced = eval_step(state, {"image": batch["image"][:10], "label": batch["label"][:10],
-                             "mask": jnp.ones(10)}, loss_fn=loss_fn, num_classes=10)
+                             "mask": jnp.ones(10)}, task=TASK, loss_fn=LOSS)
   assert float(full["count"]) == 10
   np.testing.assert_allclose(full["loss_sum"], sliced["loss_sum"], rtol=1e-6)
   np.testing.assert_array_equal(full["confusion"], sliced["confusion"])
   assert float(full["confusion"].sum()) == 10
+  assert float(full["correct"]) == float(np.trace(full["confusion"]))
 
 
-def test_eval_step_uses_plain_lax_ops_under_auto():
-  """Evaluation takes no gradients: under "auto" it traces lax, not the hybrid formulation."""
-  from cnnjax.models import fast_ops
-  model = get_model("keras_cifar_cnn", num_classes=10)
-  state = create_train_state(jax.random.key(0), model, optax.adam(1e-3), (32, 32, 3))
+@pytest.fixture(scope="module")
+def keras_runs(data_dir):
+  """build_run of a model whose training formulation on CPU is the hybrid one."""
+  from cnnjax.data import pipeline
+  info = catalog.DatasetInfo("cifar10", (32, 32, 3), 10)
   rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.random((4, 32, 32, 3), np.float32)),
-           "label": jnp.asarray(rng.integers(0, 10, 4), jnp.int32), "mask": jnp.ones(4)}
-  loss_fn = losses.for_classification("sparse_categorical_cross_entropy", num_classes=10)
-  # A fresh function per trace: jax caches traces by function, not by the
-  # fast_ops setting (which is read at trace time).
-  evaluate = lambda: lambda s: eval_step(s, batch, loss_fn=loss_fn, num_classes=10)
-  assert fast_ops.current_implementation() == "hybrid"  # CPU, auto
-  assert "_hybrid_conv" not in str(jax.make_jaxpr(evaluate())(state))
-  with fast_ops.implementation("hybrid"):  # an explicit choice is kept
-    assert "_hybrid_conv" in str(jax.make_jaxpr(evaluate())(state))
-    hybrid = evaluate()(state)
-  np.testing.assert_allclose(evaluate()(state)["loss_sum"], hybrid["loss_sum"], rtol=1e-5)
+  arrays = (rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 8))
+  data = pipeline.Dataset(info, arrays, arrays, batch_size=4, eval_batch_size=4)
+  config = config_lib.get_config()
+  config.model, config.dataset, config.validation_fraction = "keras_cifar_cnn", "cifar10", 0.0
+  return {impl: build.build_run(config, data=data, implementation=impl)
+          for impl in ("auto", "hybrid")}
+
+
+def test_evaluation_traces_plain_lax_under_auto(keras_runs):
+  """Evaluation takes no gradients: under "auto" its model is the lax formulation, an
+  explicit choice is kept, and both give the same sums."""
+  auto, hybrid = keras_runs["auto"], keras_runs["hybrid"]
+  assert (auto.model.implementation, auto.eval_model.implementation) == ("hybrid", "lax")
+  assert hybrid.eval_model.implementation == "hybrid"
+  batch = next(auto.data.eval_batches("test"))
+  assert "_hybrid_conv" not in str(jax.make_jaxpr(auto.eval_step())(auto.state, batch))
+  assert "_hybrid_conv" in str(jax.make_jaxpr(hybrid.eval_step())(hybrid.state, batch))
+  np.testing.assert_allclose(auto.eval_step()(auto.state, batch)["loss_sum"],
+                             hybrid.eval_step()(hybrid.state, batch)["loss_sum"], rtol=1e-5)
+
+
+def test_build_run_keeps_the_rate_in_the_optimizer_state(keras_runs):
+  """The schedule is built for a rate of 1 and the state carries the configured rate, so the
+  first update equals that of the optimizer built with the rate itself."""
+  from cnnjax import optimizers
+  run = keras_runs["auto"]
+  assert run.learning_rate == 1e-3  # adam's default (the schema leaves it unset)
+  assert float(optimizers.learning_rate(run.state.opt_state)) == np.float32(1e-3)
+  direct = optimizers.make_optimizer(run.config.optimizer, run.total_steps)
+  grads = jax.tree.map(jnp.ones_like, run.state.params)
+  ours, _ = run.tx.update(grads, run.state.opt_state, run.state.params)
+  theirs, _ = direct.update(grads, direct.init(run.state.params), run.state.params)
+  chex.assert_trees_all_equal(ours, theirs)
 
 
 def test_main_without_workdir_creates_a_timestamped_run(tmp_path, data_dir):

@@ -107,4 +107,4 @@ def test_rejects_extra_arguments():
   proc = subprocess.run([sys.executable, "-m", "experiments.worked_example", "extra"],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0
-  assert "Unexpected arguments" in proc.stderr
+  assert proc.stderr.strip() == "error: unexpected arguments ['extra']"

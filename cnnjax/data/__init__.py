@@ -5,19 +5,33 @@
       ...
 
 See docs/data.md for the datasets, the data directory and how to prepare them.
+
+The catalog (names, shapes, classes) is plain Python; the pipeline and the tfds
+sources are imported on first use of their names, so that checking a config against
+the catalog does not pay for importing tensorflow_datasets and grain.
 """
 
-from cnnjax.data.catalog import DATASETS, DatasetInfo, dataset_info
-from cnnjax.data.pipeline import Dataset, keyed_permutation, load
-from cnnjax.data.sources import DatasetNotFoundError, resolve_data_dir
+from __future__ import annotations
 
-__all__ = [
-    "DATASETS",
-    "Dataset",
-    "DatasetInfo",
-    "DatasetNotFoundError",
-    "dataset_info",
-    "keyed_permutation",
-    "load",
-    "resolve_data_dir",
-]
+import importlib
+from typing import Any
+
+from cnnjax.data.catalog import DATASETS, DatasetInfo, dataset_info
+
+_LAZY = {
+    "Dataset": "cnnjax.data.pipeline",
+    "keyed_permutation": "cnnjax.data.pipeline",
+    "load": "cnnjax.data.pipeline",
+    "DatasetNotFoundError": "cnnjax.data.sources",
+    "resolve_data_dir": "cnnjax.data.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+  if name in _LAZY:
+    return getattr(importlib.import_module(_LAZY[name]), name)
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DATASETS", "Dataset", "DatasetInfo", "DatasetNotFoundError", "dataset_info",
+           "keyed_permutation", "load", "resolve_data_dir"]

@@ -11,8 +11,8 @@ digits, MNIST and SVHN, whose classes are not mirror-symmetric
 
 Example:
   >>> import jax, jax.numpy as jnp
-  >>> from experiments.configs import base
-  >>> cfg = base.get_config().augment
+  >>> from cnnjax import config as config_lib
+  >>> cfg = config_lib.get_config().augment
   >>> cfg.crop_padding = 2
   >>> out = augment_batch(jax.random.key(0), jnp.ones((4, 8, 8, 1)), cfg)
   >>> out.shape

@@ -23,6 +23,7 @@ Example (the default digits config)::
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -143,6 +144,12 @@ class Dataset:
       raise ValueError(f"batch_size ({batch_size}) is larger than the {info.name} train "
                        f"split ({self.num_examples('train')} examples)")
 
+  def with_seed(self, seed: int) -> "Dataset":
+    """The same splits (arrays shared, not copied) with the training order of ``seed``."""
+    other = copy.copy(self)
+    other.seed = int(seed)
+    return other
+
   # -- sizes ------------------------------------------------------------------
 
   @property
@@ -256,7 +263,7 @@ def _cfg(config: Mapping[str, Any] | Any, key: str) -> Any:
   try:
     return config[key]
   except (KeyError, AttributeError) as e:
-    raise ValueError(f"config has no key {key!r} (see experiments/configs/base.py)") from e
+    raise ValueError(f"config has no key {key!r} (see cnnjax/config.py)") from e
 
 
 def load(config: Any) -> Dataset:

@@ -75,7 +75,8 @@ def prepare(name: str, data_dir: str = "", from_dir: str | None = None, *,
   if builder.is_prepared():
     shutil.rmtree(os.fspath(builder.data_dir))
     builder = builders.RAW_ARCHIVE_BUILDERS[name](data_dir=data_dir, file_format="array_record")
-  builder.download_and_prepare(download_config=builders.offline_download_config(from_dir))
+  with sources.quiet_preparation():
+    builder.download_and_prepare(download_config=builders.offline_download_config(from_dir))
   return os.fspath(builder.data_dir)
 
 

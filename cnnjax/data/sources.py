@@ -9,10 +9,12 @@ array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from cnnjax.data import builders
 from cnnjax.data import catalog
@@ -43,15 +45,22 @@ def prepare_command(name: str, data_dir: str) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_progress():
-  """Hides tfds's progress bars while the small digits set is written."""
-  from tensorflow_datasets.core.utils import tqdm_utils
+def quiet_preparation():
+  """Keeps tfds's preparation chatter off the terminal: progress bars off, and the
+  "Downloading and preparing dataset ..." lines it prints on stdout (nothing is
+  downloaded here) re-logged at INFO, shown with ``--verbose``."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   was_active = getattr(tqdm_utils, "_active", True)
   tfds.display_progress_bar(False)
+  captured = io.StringIO()
   try:
-    yield
+    with contextlib.redirect_stdout(captured):
+      yield
   finally:
     tfds.display_progress_bar(was_active)
+    for line in captured.getvalue().splitlines():
+      if line.strip():
+        logging.info("tfds: %s", line.strip())
 
 
 def ensure_digits(data_dir: str) -> None:
@@ -60,7 +69,7 @@ def ensure_digits(data_dir: str) -> None:
   if builder.is_prepared():
     return
   try:
-    with _quiet_progress():
+    with quiet_preparation():
       builder.download_and_prepare(download_config=builders.offline_download_config())
   except Exception:
     # Another process may have finished the same preparation first.

@@ -247,6 +247,50 @@ def options_of(name: str) -> list[str]:
   return sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
+def _checked_options(canonical: str, options: dict[str, Any]) -> dict[str, Any]:
+  """``options`` without the unset (None) ones; raises ValueError for one the loss lacks."""
+  accepted = [o for o in options_of(canonical) if o not in _FIXED]
+  opts = {k: v for k, v in options.items() if v is not None}
+  for key in sorted(opts):
+    if key not in accepted:
+      raise ValueError(f"loss.{key} is not an option of {canonical}; "
+                       f"accepted: {_names_list(accepted)} (None unsets an option)")
+  return opts
+
+
+def _adapted(canonical: str, kind: str, num_classes: int,
+             opts: dict[str, Any]) -> ClassificationLoss:
+  loss_fn = _LOSSES[canonical]
+
+  def per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    logits = jnp.asarray(logits)
+    labels = jnp.asarray(labels)
+    widths = (1, 2) if kind == "binary" else (num_classes,)
+    if logits.ndim != 2 or logits.shape[-1] not in widths:
+      want = " or ".join(f"[batch, {w}]" for w in widths)
+      raise ValueError(f"{canonical}: logits must be {want} for {num_classes} classes, "
+                       f"got shape {logits.shape}")
+    if labels.shape != logits.shape[:1]:
+      raise ValueError(f"{canonical}: labels shape {labels.shape} must be [batch] = "
+                       f"{logits.shape[:1]} to match logits shape {logits.shape}")
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise TypeError(f"{canonical}: labels must be integer class indices, got "
+                      f"{labels.dtype} instead")
+    if kind == "labels":
+      return loss_fn(logits, labels, **opts)
+    if kind == "binary":
+      z = logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, 0]
+      return loss_fn(z, labels.astype(logits.dtype), **opts)
+    onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+    if kind == "onehot":
+      return loss_fn(logits, onehot, **opts)
+    if kind == "dense":
+      return loss_fn(logits, onehot, activation="softmax", **opts)
+    return loss_fn(jax.nn.softmax(logits, axis=-1), onehot, **opts)
+
+  return per_example
+
+
 def for_classification(name: str, *, num_classes: int,
                        **options: Any) -> ClassificationLoss:
   """Adapts loss `name` to a classifier's ``(logits [B, C], labels [B]) -> [B]``.
@@ -304,44 +348,10 @@ def for_classification(name: str, *, num_classes: int,
     usable = [n for n in classification_names() if _ADAPTERS[n] != "binary"]
     raise ValueError(f"loss.name={name!r} needs 2 classes, dataset has {num_classes}; "
                      f"use one of {_names_list(usable)}")
-
-  accepted = [o for o in options_of(canonical) if o not in _FIXED]
-  opts = {k: v for k, v in options.items() if v is not None}
-  for key in sorted(opts):
-    if key not in accepted:
-      raise ValueError(f"loss.{key} is not an option of {canonical}; "
-                       f"accepted: {_names_list(accepted)}")
-  loss_fn = _LOSSES[canonical]
-
-  def per_example(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    logits = jnp.asarray(logits)
-    labels = jnp.asarray(labels)
-    widths = (1, 2) if kind == "binary" else (num_classes,)
-    if logits.ndim != 2 or logits.shape[-1] not in widths:
-      want = " or ".join(f"[batch, {w}]" for w in widths)
-      raise ValueError(f"{canonical}: logits must be {want} for {num_classes} classes, "
-                       f"got shape {logits.shape}")
-    if labels.shape != logits.shape[:1]:
-      raise ValueError(f"{canonical}: labels shape {labels.shape} must be [batch] = "
-                       f"{logits.shape[:1]} to match logits shape {logits.shape}")
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-      raise TypeError(f"{canonical}: labels must be integer class indices, got "
-                      f"{labels.dtype} instead")
-    if kind == "labels":
-      return loss_fn(logits, labels, **opts)
-    if kind == "binary":
-      z = logits[:, 1] - logits[:, 0] if logits.shape[-1] == 2 else logits[:, 0]
-      return loss_fn(z, labels.astype(logits.dtype), **opts)
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-    if kind == "onehot":
-      return loss_fn(logits, onehot, **opts)
-    if kind == "dense":
-      return loss_fn(logits, onehot, activation="softmax", **opts)
-    return loss_fn(jax.nn.softmax(logits, axis=-1), onehot, **opts)
-
+  per_example = _adapted(canonical, kind, num_classes, _checked_options(canonical, options))
   per_example.__name__ = f"{canonical}_for_classification"
   per_example.__doc__ = (f"{canonical} on (logits [B, {num_classes}], labels [B]) -> [B]; "
-                         f"options {opts}.")
+                         f"options {_checked_options(canonical, options)}.")
   # Surface bad option values (e.g. label_smoothing=2) now, not inside the trainer.
   jax.eval_shape(per_example, jax.ShapeDtypeStruct((2, num_classes), jnp.float32),
                  jax.ShapeDtypeStruct((2,), jnp.int32))

@@ -17,6 +17,34 @@ from cnnjax.models import layers
 from cnnjax.models.layers import Dtype
 
 
+class Classifier(nn.Module):
+  """Fields every cnnjax model has (see `cnnjax.models`).
+
+  Attributes:
+    num_classes: output logits.
+    dtype: compute dtype (parameters stay float32).
+    dropout_rate: None = the model's own default.
+    implementation: the convolution / pooling formulation of `fast_ops`, passed to
+      every such layer (``"auto"``: see `cnnjax.models.fast_ops.resolve`).
+  """
+  num_classes: int
+  dtype: Dtype = jnp.float32
+  dropout_rate: float | None = None
+  implementation: str = "auto"
+
+
+class BatchNormClassifier(Classifier):
+  """`Classifier` fields plus the two that say how to run BatchNorm.
+
+  Attributes:
+    bn_axis_name: pmap/shard_map axis for cross-replica BatchNorm statistics.
+    bn_ghost_batches: G groups with separate BatchNorm statistics (see
+      `layers.BatchNorm`).
+  """
+  bn_axis_name: str | None = None
+  bn_ghost_batches: int = 1
+
+
 def conv_relu_pool_blocks(module: nn.Module, x: jax.Array, features: Sequence[int], *,
                           kernel_size: tuple[int, int], padding, pool_padding: str,
                           train: bool) -> jax.Array:
@@ -29,7 +57,8 @@ def conv_relu_pool_blocks(module: nn.Module, x: jax.Array, features: Sequence[in
   fused = train and not module.is_mutable_collection("intermediates")
   for i, width in enumerate(features, start=1):
     x = layers.conv_relu_max_pool(
-        x, layers.Conv(width, kernel_size, padding=padding, dtype=module.dtype, name=f"conv{i}"),
+        x, layers.Conv(width, kernel_size, padding=padding, dtype=module.dtype,
+                       implementation=module.implementation, name=f"conv{i}"),
         window=(2, 2), pool_padding=pool_padding, relu_name=f"relu{i}", pool_name=f"pool{i}",
         fused=fused)
   return x
@@ -46,12 +75,12 @@ def conv_bn_relu_stages(module: nn.Module, x: jax.Array, stages: Sequence[Sequen
   for s, widths in enumerate(stages, start=1):
     for c, width in enumerate(widths, start=1):
       x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=module.dtype,
-                      name=f"conv{s}_{c}")(x)
+                      implementation=module.implementation, name=f"conv{s}_{c}")(x)
       x = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
                            ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
                            name=f"bn{s}_{c}")(x)
       x = layers.ReLU(name=f"relu{s}_{c}")(x)
-    x = layers.MaxPool((2, 2), name=f"pool{s}")(x)
+    x = layers.MaxPool((2, 2), implementation=module.implementation, name=f"pool{s}")(x)
   return x
 
 
@@ -70,7 +99,7 @@ def classifier_dropout(x: jax.Array, rate: float, train: bool, name: str = "drop
   return x
 
 
-class SimpleCNN(nn.Module):
+class SimpleCNN(Classifier):
   """The source's PyTorch-style CNN (designed for 32x32x3).
 
   Conv(16, 3x3, pad 1) ReLU MaxPool2 -> Conv(32, 3x3, pad 1) ReLU MaxPool2 ->
@@ -86,10 +115,6 @@ class SimpleCNN(nn.Module):
     >>> model.apply(variables, x, train=False).shape
     (2, 10)
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
@@ -106,7 +131,7 @@ class SimpleCNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-class KerasCifarCNN(nn.Module):
+class KerasCifarCNN(Classifier):
   """The TensorFlow CNN tutorial's CIFAR-10 model.
 
   Conv(32, 3x3, valid) ReLU MaxPool2 -> Conv(64, 3x3, valid) ReLU MaxPool2 ->
@@ -117,10 +142,6 @@ class KerasCifarCNN(nn.Module):
   //2 -> that-2, and the last must be >= 1, i.e. (((H-2)//2 - 2)//2) >= 3,
   (H-2)//2 >= 8, H >= 18. So 8x8 inputs are refused; 28x28 and 32x32 work.
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
@@ -130,7 +151,8 @@ class KerasCifarCNN(nn.Module):
     dt = self.dtype
     x = conv_relu_pool_blocks(self, x, (32, 64), kernel_size=(3, 3), padding="VALID",
                               pool_padding="VALID", train=train)
-    x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, name="conv3")(x)
+    x = layers.Conv(64, (3, 3), padding="VALID", dtype=dt, implementation=self.implementation,
+                    name="conv3")(x)
     x = layers.ReLU(name="relu3")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(64, dtype=dt, name="fc1")(x)
@@ -140,7 +162,7 @@ class KerasCifarCNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-class MnistCNN(nn.Module):
+class MnistCNN(Classifier):
   """The source's MNIST model (TensorFlow "Deep MNIST" architecture).
 
   Conv(32, 5x5, same) ReLU MaxPool2(same) -> Conv(64, 5x5, same) ReLU
@@ -148,9 +170,7 @@ class MnistCNN(nn.Module):
   Dense(num_classes). 'same' pooling rounds up (ceil(H/2)), so any H >= 1
   works; 3,274,634 parameters on 28x28x1.
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None  # None = 0.5, the source's value
+  # dropout_rate None = 0.5, the source's value.
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -168,7 +188,7 @@ class MnistCNN(nn.Module):
     return x.astype(jnp.float32)
 
 
-class LeNet5(nn.Module):
+class LeNet5(Classifier):
   """LeNet-5 (LeCun et al. 1998) in its common modern form.
 
   Conv(6, 5x5, pad 2) tanh AvgPool2 -> Conv(16, 5x5, valid) tanh AvgPool2 ->
@@ -180,10 +200,6 @@ class LeNet5(nn.Module):
   dense output instead of RBF units. Minimum input 12x12: H -> H//2 -> H//2-4
   -> //2 >= 1 needs H//2 >= 6.
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps images [N, H, W, C] to logits [N, num_classes] (float32)."""
@@ -191,12 +207,13 @@ class LeNet5(nn.Module):
         x, 12, "lenet5", "a padded 5x5 conv, a 2x2 pool, a valid 5x5 conv and a 2x2 pool")
     rate = resolve_dropout(self.dropout_rate, 0.0, "lenet5")
     dt = self.dtype
-    x = layers.Conv(6, (5, 5), padding=2, dtype=dt, name="conv1")(x)
+    impl = self.implementation
+    x = layers.Conv(6, (5, 5), padding=2, dtype=dt, implementation=impl, name="conv1")(x)
     x = layers.Tanh(name="tanh1")(x)
-    x = layers.AvgPool((2, 2), name="pool1")(x)
-    x = layers.Conv(16, (5, 5), padding="VALID", dtype=dt, name="conv2")(x)
+    x = layers.AvgPool((2, 2), implementation=impl, name="pool1")(x)
+    x = layers.Conv(16, (5, 5), padding="VALID", dtype=dt, implementation=impl, name="conv2")(x)
     x = layers.Tanh(name="tanh2")(x)
-    x = layers.AvgPool((2, 2), name="pool2")(x)
+    x = layers.AvgPool((2, 2), implementation=impl, name="pool2")(x)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(120, dtype=dt, name="fc1")(x)
     x = layers.Tanh(name="tanh3")(x)
@@ -207,7 +224,7 @@ class LeNet5(nn.Module):
     return x.astype(jnp.float32)
 
 
-class BNCNN(nn.Module):
+class BNCNN(BatchNormClassifier):
   """The default digits model: stages of [3x3 conv, BatchNorm, ReLU] x k + 2x2 max pool.
 
   With the defaults (``widths=(32, 64)``, ``convs_per_stage=2``): two 3x3
@@ -216,21 +233,11 @@ class BNCNN(nn.Module):
   on 8x8x1. Convs have no bias (the BatchNorm shift replaces it). Needs H, W >=
   2 ** len(widths) (one 2x2 valid pool per stage).
 
-  Attributes:
-    num_classes: output logits.
-    dtype: compute dtype (parameters stay float32).
-    dropout_rate: None/0 = none; > 0 adds dropout before the Dense.
-    bn_axis_name: pmap/shard_map axis for cross-replica BatchNorm statistics.
-    bn_ghost_batches: G groups with separate BatchNorm statistics (see
-      `layers.BatchNorm`).
+  Attributes (besides `BatchNormClassifier`'s; dropout_rate None/0 = none, > 0 adds
+  dropout before the Dense):
     widths: channels of each stage.
     convs_per_stage: conv-BN-ReLU units before each pool.
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-  bn_axis_name: str | None = None
-  bn_ghost_batches: int = 1
   widths: Sequence[int] = (32, 64)
   convs_per_stage: int = 2
 

@@ -26,34 +26,30 @@ order, the rule of lax's select-and-scatter: values and gradients equal
 ``"lax"`` exactly, ties included. Overlapping windows use `lax.reduce_window`.
 
 `conv_relu_max_pool` runs a conv -> ReLU -> max-pool block as one op under
-``"hybrid"`` (pooling before the ReLU, with which the max commutes), and
-`forward_only` makes ``"auto"`` trace plain lax ops for code that takes no
-gradients (evaluation).
+``"hybrid"`` (pooling before the ReLU, with which the max commutes).
 
-``"auto"`` (the default) picks ``"hybrid"`` when `jax.default_backend()` is
-``"cpu"`` and ``"lax"`` otherwise. The choice is read when a function is
-traced: set it with `set_implementation` (or the ``CNNJAX_FAST_OPS``
-environment variable) before the step is compiled; a function that was
-already compiled keeps the formulation it was traced with.
+Every op takes the formulation as an explicit ``implementation`` argument
+(models carry it as a field, see `cnnjax.models.layers`); ``"auto"`` (the
+default) resolves with `resolve`: ``"hybrid"`` when `jax.default_backend()` is
+``"cpu"`` and ``"lax"`` otherwise. No module state decides it, so two models
+with different formulations can live in one program.
 
-Importing this module also applies `cnnjax.cpu_runtime.configure` (an XLA
-flag that keeps convolutions on XLA's faster Eigen kernels, and glibc malloc
-thresholds that stop every step from page-faulting its temporaries in). The
-measured effect of each piece is in ``docs/performance.md``.
+The formulations are fastest with the process settings of
+`cnnjax.cpu_runtime.configure` (an XLA flag that keeps convolutions on XLA's
+Eigen kernels, and glibc malloc thresholds that stop every step from
+page-faulting its temporaries in), which the entry points apply. The measured
+effect of each piece is in ``docs/performance.md``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax import cpu_runtime
 
 Padding = str | Sequence[tuple[int, int]]
 
@@ -85,73 +81,30 @@ IM2COL_FORWARD_MAX_CIN = 8
 # keras_cifar_cnn 2,630 -> 2,825 (docs/performance.md).
 TAPS_LEADING_MAX_CIN = 3
 
-# The XLA flag that keeps convolutions on XLA's Eigen kernels, and the malloc
-# settings that stop a per-step page-fault storm, must precede JAX's first
-# computation: applied on import (see cnnjax.cpu_runtime).
-cpu_runtime.configure()
+def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
+  """The concrete formulation, ``"lax"``, ``"hybrid"`` or ``"matmul"``, for a trace now.
 
-_implementation = os.environ.get("CNNJAX_FAST_OPS", "auto")
-
-
-def set_implementation(name: str) -> None:
-  """Selects the formulation used by functions traced from now on.
-
-  Args:
-    name: ``"auto"`` (``"hybrid"`` on CPU, ``"lax"`` elsewhere), ``"lax"``,
-      ``"hybrid"`` or ``"matmul"``.
+  ``"auto"`` is ``"hybrid"`` when `jax.default_backend()` is ``"cpu"`` and ``"lax"``
+  elsewhere. With ``forward_only=True`` (code that takes no gradients, such as
+  evaluation) ``"auto"`` is ``"lax"`` everywhere: the hybrid formulation's gains are
+  in the gradients, and for a forward pass alone XLA's own ops were faster on CPU
+  (evaluation, batch 128, same run: keras_cifar_cnn 12,959 vs 11,149 images/s,
+  mnist_cnn 8,265 vs 5,921). An explicit choice is returned unchanged.
 
   Examples:
-    >>> set_implementation("lax")
-    >>> current_implementation()
+    >>> resolve("lax")
     'lax'
-    >>> set_implementation("auto")
-  """
-  global _implementation
-  if name not in IMPLEMENTATIONS:
-    raise ValueError(f"Unknown fast_ops implementation {name!r}; expected one of {IMPLEMENTATIONS}")
-  _implementation = name
-
-
-@contextlib.contextmanager
-def implementation(name: str) -> Iterator[None]:
-  """Context manager form of `set_implementation`; restores the previous choice."""
-  previous = _implementation
-  set_implementation(name)
-  try:
-    yield
-  finally:
-    set_implementation(previous)
-
-
-@contextlib.contextmanager
-def forward_only() -> Iterator[None]:
-  """Within it, ``"auto"`` resolves to ``"lax"``: for code that takes no gradients.
-
-  The hybrid formulation's gains are in the gradients; for a forward pass
-  alone XLA's own ops were faster on CPU (evaluation, batch 128, same run:
-  keras_cifar_cnn 12,959 vs 11,149 images/s, mnist_cnn 8,265 vs 5,921). An
-  explicitly chosen formulation is kept.
-
-  Examples:
-    >>> with forward_only():
-    ...   current_implementation()
+    >>> resolve("auto", forward_only=True)
     'lax'
   """
-  if _implementation != "auto":
-    yield
-    return
-  with implementation("lax"):
-    yield
-
-
-def current_implementation() -> str:
-  """The resolved formulation, ``"lax"``, ``"hybrid"`` or ``"matmul"``, for a trace now."""
-  if _implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"CNNJAX_FAST_OPS={_implementation!r} is not one of {IMPLEMENTATIONS}")
-  if _implementation == "auto":
-    return "hybrid" if jax.default_backend() == "cpu" else "lax"
-  return _implementation
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} is not accepted; expected one of "
+                     f"{list(IMPLEMENTATIONS)}")
+  if implementation != "auto":
+    return implementation
+  if forward_only:
+    return "lax"
+  return "hybrid" if jax.default_backend() == "cpu" else "lax"
 
 
 def _spatial_pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int],
@@ -378,6 +331,7 @@ def conv2d(
     *,
     strides: Sequence[int] = (1, 1),
     padding: Padding = "SAME",
+    implementation: str = "auto",
 ) -> jax.Array:
   """Cross-correlation of ``x`` [N, H, W, Cin] with ``kernel`` [kh, kw, Cin, Cout].
 
@@ -386,6 +340,7 @@ def conv2d(
     kernel: HWIO weights.
     strides: (sh, sw).
     padding: ``"SAME"``, ``"VALID"`` or explicit ``[(top, bottom), (left, right)]``.
+    implementation: one of `IMPLEMENTATIONS` (see `resolve`).
 
   Returns:
     [N, Ho, Wo, Cout] in the dtype of ``x`` and ``kernel``.
@@ -397,7 +352,7 @@ def conv2d(
            [26., 30., 34.],
            [42., 46., 50.]], dtype=float32)
   """
-  impl = current_implementation()
+  impl = resolve(implementation)
   if impl == "lax":
     return conv2d_lax(x, kernel, strides=strides, padding=padding)
   if impl == "hybrid":
@@ -446,6 +401,8 @@ def max_pool(
     window: Sequence[int] = (2, 2),
     strides: Sequence[int] | None = None,
     padding: Padding = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
   """Max pooling over the spatial axes of ``x`` [N, H, W, C].
 
@@ -462,7 +419,7 @@ def max_pool(
   """
   window = tuple(int(w) for w in window)
   strides = window if strides is None else tuple(int(s) for s in strides)
-  if current_implementation() == "lax" or not _is_tiling(window, strides):
+  if resolve(implementation) == "lax" or not _is_tiling(window, strides):
     return max_pool_lax(x, window, strides, padding)
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], window, window, padding))
   return _tiled_max_pool(x, window, pads)
@@ -506,6 +463,8 @@ def avg_pool(
     window: Sequence[int] = (2, 2),
     strides: Sequence[int] | None = None,
     padding: Padding = "VALID",
+    *,
+    implementation: str = "auto",
 ) -> jax.Array:
   """Average pooling (padding excluded from the count) over ``x`` [N, H, W, C].
 
@@ -517,7 +476,7 @@ def avg_pool(
   """
   window = tuple(int(w) for w in window)
   strides = window if strides is None else tuple(int(s) for s in strides)
-  if current_implementation() == "lax" or not _is_tiling(window, strides):
+  if resolve(implementation) == "lax" or not _is_tiling(window, strides):
     return avg_pool_lax(x, window, strides, padding)
   blocks, _, _ = _blocks(x, window, padding, 0.0)
   ones, _, _ = _blocks(jnp.ones((1, *x.shape[1:3], 1), x.dtype), window, padding, 0.0)
@@ -635,6 +594,7 @@ def conv_relu_max_pool(
     padding: Padding = "SAME",
     window: Sequence[int] = (2, 2),
     pool_padding: Padding = "VALID",
+    implementation: str = "auto",
 ) -> jax.Array:
   """``max_pool(relu(conv2d(x, kernel) + bias), window)`` with stride = window.
 
@@ -654,9 +614,11 @@ def conv_relu_max_pool(
   strides = tuple(int(s) for s in strides)
   window = tuple(int(w) for w in window)
   kh, kw, _, _ = kernel.shape
-  if current_implementation() != "hybrid":
-    y = jax.nn.relu(conv2d(x, kernel, strides=strides, padding=padding) + bias)
-    return max_pool(y, window, padding=pool_padding)
+  impl = resolve(implementation)
+  if impl != "hybrid":
+    y = jax.nn.relu(conv2d(x, kernel, strides=strides, padding=padding, implementation=impl)
+                    + bias)
+    return max_pool(y, window, padding=pool_padding, implementation=impl)
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
   (pt, pb), (pl, pr) = pads
   ho = (x.shape[1] + pt + pb - kh) // strides[0] + 1

@@ -1,7 +1,9 @@
 """Layers shared by every cnnjax model.
 
 Every convolution and pooling goes through `cnnjax.models.fast_ops`, so a faster
-formulation of those primitives changes one file and no model. Layout is NHWC for
+formulation of those primitives changes one file and no model. Which formulation is an
+``implementation`` field of those layers (``"auto"``, ``"lax"``, ``"hybrid"``,
+``"matmul"``), which every model passes down from its own field of that name. Layout is NHWC for
 activations and HWIO (``[kh, kw, cin, cout]``) for convolution kernels.
 
 Precision policy (the same in every layer): parameters are created in
@@ -107,6 +109,7 @@ class Conv(nn.Module):
     dtype: compute dtype.
     param_dtype: parameter dtype (float32).
     kernel_init, bias_init: initializers; defaults match flax ``nn.Conv``.
+    implementation: the `fast_ops` formulation (see `fast_ops.resolve`).
 
   Parameters: ``kernel`` [kh, kw, cin, cout] and ``bias`` [cout].
 
@@ -127,6 +130,7 @@ class Conv(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
   bias_init: Initializer = nn.initializers.zeros_init()
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, relu_max_pool: tuple[Sequence[int], Padding] | None = None
@@ -153,8 +157,10 @@ class Conv(nn.Module):
       return fast_ops.conv_relu_max_pool(
           x.astype(dtype), kernel.astype(dtype),
           jnp.zeros((self.features,), dtype) if bias is None else bias, strides=strides,
-          padding=padding, window=_pair(window, "window"), pool_padding=_padding(pool_padding))
-    y = fast_ops.conv2d(x.astype(dtype), kernel.astype(dtype), strides=strides, padding=padding)
+          padding=padding, window=_pair(window, "window"), pool_padding=_padding(pool_padding),
+          implementation=self.implementation)
+    y = fast_ops.conv2d(x.astype(dtype), kernel.astype(dtype), strides=strides, padding=padding,
+                        implementation=self.implementation)
     return y if bias is None else y + bias
 
 
@@ -171,7 +177,8 @@ def conv_relu_max_pool(x: jax.Array, conv: Conv, *, window: Sequence[int], pool_
   if fused:
     return conv(x, relu_max_pool=(window, pool_padding))
   x = ReLU(name=relu_name)(conv(x))
-  return MaxPool(window, padding=pool_padding, name=pool_name)(x)
+  return MaxPool(window, padding=pool_padding, implementation=conv.implementation,
+                 name=pool_name)(x)
 
 
 class Dense(nn.Module):
@@ -207,38 +214,43 @@ class Dense(nn.Module):
     return y
 
 
-class MaxPool(nn.Module):
+class _Pool(nn.Module):
+  """A pooling layer through `fast_ops` (window 2x2, stride = window by default)."""
+  window: int | Sequence[int] = (2, 2)
+  strides: int | Sequence[int] | None = None
+  padding: str = "VALID"
+  implementation: str = "auto"
+
+  def _pool(self, x: jax.Array, op) -> jax.Array:
+    window = _pair(self.window, "window")
+    strides = window if self.strides is None else _pair(self.strides, "strides")
+    return op(x, window, strides, _padding(self.padding), implementation=self.implementation)
+
+
+class MaxPool(_Pool):
   """Max pooling through `fast_ops.max_pool` (window 2x2, stride = window by default)."""
-  window: int | Sequence[int] = (2, 2)
-  strides: int | Sequence[int] | None = None
-  padding: str = "VALID"
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps x [N, H, W, C] to [N, H', W', C]."""
-    window = _pair(self.window, "window")
-    strides = window if self.strides is None else _pair(self.strides, "strides")
-    return fast_ops.max_pool(x, window, strides, _padding(self.padding))
+    return self._pool(x, fast_ops.max_pool)
 
 
-class AvgPool(nn.Module):
+class AvgPool(_Pool):
   """Average pooling through `fast_ops.avg_pool` (padding excluded from the mean)."""
-  window: int | Sequence[int] = (2, 2)
-  strides: int | Sequence[int] | None = None
-  padding: str = "VALID"
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """Maps x [N, H, W, C] to [N, H', W', C]."""
-    window = _pair(self.window, "window")
-    strides = window if self.strides is None else _pair(self.strides, "strides")
-    return fast_ops.avg_pool(x, window, strides, _padding(self.padding))
+    return self._pool(x, fast_ops.avg_pool)
 
 
 class GlobalAvgPool(nn.Module):
   """Mean over the spatial axes: [N, H, W, C] -> [N, C] (an H x W `fast_ops.avg_pool`)."""
+  implementation: str = "auto"
 
   def __call__(self, x: jax.Array) -> jax.Array:
     window = (x.shape[1], x.shape[2])
-    return fast_ops.avg_pool(x, window, window, "VALID").reshape(x.shape[0], x.shape[-1])
+    y = fast_ops.avg_pool(x, window, window, "VALID", implementation=self.implementation)
+    return y.reshape(x.shape[0], x.shape[-1])
 
 
 class ReLU(nn.Module):

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models import layers
-from cnnjax.models.classic import classifier_dropout, resolve_dropout
+from cnnjax.models.classic import BatchNormClassifier, classifier_dropout, resolve_dropout
 from cnnjax.models.layers import Dtype
 
 SHORTCUTS = ("A", "B")
@@ -45,13 +45,15 @@ class BasicBlock(nn.Module):
   dtype: Dtype = jnp.float32
   bn_axis_name: str | None = None
   bn_ghost_batches: int = 1
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     """Maps x [N, H, W, Cin] to [N, ceil(H/s), ceil(W/s), features]."""
     def conv(features, kernel, strides, padding, name):
       return layers.Conv(features, kernel, strides=strides, padding=padding, use_bias=False,
-                         dtype=self.dtype, kernel_init=layers.he_normal_fan_out, name=name)
+                         dtype=self.dtype, kernel_init=layers.he_normal_fan_out,
+                         implementation=self.implementation, name=name)
 
     def bn(name):
       return layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
@@ -68,7 +70,9 @@ class BasicBlock(nn.Module):
       if self.shortcut == "A":
         if self.strides != 1:
           # A 1x1 window with stride s is the subsample x[:, ::s, ::s].
-          residual = layers.MaxPool((1, 1), strides=self.strides, name="subsample")(residual)
+          residual = layers.MaxPool((1, 1), strides=self.strides,
+                                    implementation=self.implementation,
+                                    name="subsample")(residual)
         extra = self.features - x.shape[-1]
         if extra < 0:
           raise ValueError(
@@ -80,15 +84,11 @@ class BasicBlock(nn.Module):
     return layers.ReLU(name="relu2")(y + residual.astype(y.dtype))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(BatchNormClassifier):
   """ResNet with a 3x3 stem and no max pool, for 8x8 to 32x32 images.
 
-  Attributes:
-    num_classes: output logits.
-    dtype: compute dtype (parameters stay float32).
-    dropout_rate: None/0 = none; > 0 adds dropout before the Dense.
-    bn_axis_name: pmap/shard_map axis for cross-replica BatchNorm statistics.
-    bn_ghost_batches: G groups with separate BatchNorm statistics.
+  Attributes (besides `BatchNormClassifier`'s; dropout_rate None/0 = none, > 0 adds
+  dropout before the Dense):
     stage_sizes: blocks per stage; stage i > 0 starts with a stride-2 block.
     widths: channels per stage (the stem has ``widths[0]``).
     shortcut: 'A' (parameter-free identity / subsample + zero-pad) or 'B'
@@ -104,11 +104,6 @@ class CifarResNet(nn.Module):
     >>> model.apply(variables, x, train=False).shape
     (2, 10)
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-  bn_axis_name: str | None = None
-  bn_ghost_batches: int = 1
   stage_sizes: Sequence[int] = (3, 3, 3)
   widths: Sequence[int] = (16, 32, 64)
   shortcut: str = "A"
@@ -124,7 +119,8 @@ class CifarResNet(nn.Module):
                        f"{tuple(self.widths)} must have the same length")
     rate = resolve_dropout(self.dropout_rate, 0.0, "CifarResNet")
     x = layers.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype,
-                    kernel_init=layers.he_normal_fan_out, name="stem_conv")(x)
+                    kernel_init=layers.he_normal_fan_out, implementation=self.implementation,
+                    name="stem_conv")(x)
     x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
                          ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
                          name="stem_bn")(x)
@@ -134,8 +130,9 @@ class CifarResNet(nn.Module):
         x = BasicBlock(width, strides=2 if s > 0 and b == 0 else 1, shortcut=self.shortcut,
                        dtype=self.dtype, bn_axis_name=self.bn_axis_name,
                        bn_ghost_batches=self.bn_ghost_batches,
+                       implementation=self.implementation,
                        name=f"stage{s + 1}_block{b + 1}")(x, train=train)
-    x = layers.GlobalAvgPool(name="global_pool")(x)
+    x = layers.GlobalAvgPool(implementation=self.implementation, name="global_pool")(x)
     x = classifier_dropout(x, rate, train)
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)

@@ -15,11 +15,11 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models import layers
-from cnnjax.models.classic import classifier_dropout, conv_bn_relu_stages, resolve_dropout
-from cnnjax.models.layers import Dtype
+from cnnjax.models.classic import (
+    BatchNormClassifier, classifier_dropout, conv_bn_relu_stages, resolve_dropout)
 
 
-class VGG(nn.Module):
+class VGG(BatchNormClassifier):
   """Stages of [3x3 conv (pad 1, no bias), BatchNorm, ReLU] x k, each ending in a 2x2 max pool.
 
   The head is a global average pool then Dense(num_classes) (instead of VGG's
@@ -37,11 +37,6 @@ class VGG(nn.Module):
     >>> model.apply(variables, x, train=False).shape
     (2, 10)
   """
-  num_classes: int
-  dtype: Dtype = jnp.float32
-  dropout_rate: float | None = None
-  bn_axis_name: str | None = None
-  bn_ghost_batches: int = 1
   stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256))
 
   @nn.compact
@@ -51,7 +46,7 @@ class VGG(nn.Module):
                           f"{len(self.stages)} 2x2 valid max pools")
     rate = resolve_dropout(self.dropout_rate, 0.0, "VGG")
     x = conv_bn_relu_stages(self, x, self.stages, train=train)
-    x = layers.GlobalAvgPool(name="global_pool")(x)
+    x = layers.GlobalAvgPool(implementation=self.implementation, name="global_pool")(x)
     x = classifier_dropout(x, rate, train)
     x = layers.Dense(self.num_classes, dtype=self.dtype, name="fc")(x)
     return x.astype(jnp.float32)

@@ -6,7 +6,8 @@ See docs/studies.md.
 """
 
 from cnnjax.study.grid import Variant, expand, group_key, group_variants, parse_loss_spec
-from cnnjax.study.report import aggregate, plot_all, welch, write_report, write_results
+from cnnjax.study.plots import plot_all
+from cnnjax.study.report import aggregate, welch, write_report, write_results
 from cnnjax.study.vmapped import build_group, measure_vmap, train_group
 
 __all__ = [

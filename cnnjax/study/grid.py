@@ -8,7 +8,10 @@ A *study config* (``experiments/configs/compare_*.py``) holds a full experiment 
 * ``learning_rates``: rates (empty = each optimizer's ``base`` rate, i.e. its own default
   when the base leaves ``optimizer.learning_rate`` unset);
 * ``losses``: loss specs ``"name"`` or ``"name:key=value,key=value"`` (empty = the base loss);
-* ``seeds``: the seeds every setting is repeated with (>= 1).
+* ``seeds``: the seeds every setting is repeated with (>= 1);
+* ``target``: a value of the task's headline metric on validation (e.g. accuracy 0.97)
+  whose first reach is reported per run (optional);
+* ``title``: the report's title.
 
 A *variant* is one point of the product; a *setting* is a variant without its seed (the
 unit that results are averaged over). Variants differ in *values* (seed, learning rate,
@@ -18,9 +21,9 @@ structure into one group, trained together by `cnnjax.study.vmapped.train_group`
 
 Example:
   >>> import ml_collections
-  >>> from experiments.configs import default
+  >>> from cnnjax import config as config_lib
   >>> study = ml_collections.ConfigDict(dict(
-  ...     base=default.get_config(), optimizers=("sgd", "adam"), learning_rates=(),
+  ...     base=config_lib.get_config(), optimizers=("sgd", "adam"), learning_rates=(),
   ...     losses=("sparse_categorical_cross_entropy", "focal:gamma=2.0"), seeds=(0, 1)))
   >>> variants = expand(study)
   >>> len(variants), variants[0].setting
@@ -54,8 +57,7 @@ VALUE_KEYS = ("seed", "optimizer.learning_rate", "loss")
 # Keys that change only how a run is displayed.
 _PRESENTATION_KEYS = ("progress", "log_every_steps")
 
-STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target_accuracy",
-              "title")
+STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target", "title")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,20 +151,20 @@ def expand(study: ml_collections.ConfigDict) -> list[Variant]:
   """All variants of ``study``: optimizers x learning_rates x losses x seeds, in that order.
 
   Each variant's config is a deep copy of ``study.base`` with its overrides applied and
-  validated (`cnnjax.training.validation.validate_config`).
+  validated (`cnnjax.config.validate`, once per variant).
 
   Raises:
     ValueError: an unknown study key, an empty or repeated seed list, a bad loss spec, or
       a variant config that does not validate (the message names the variant).
   """
-  from cnnjax.training.validation import validate_config  # pylint: disable=g-import-not-at-top
+  from cnnjax import config as config_lib  # pylint: disable=g-import-not-at-top
   _check_study(study)
   base = study.base
   opt_names = tuple(study.get("optimizers", ()) or ()) or (base.optimizer.name,)
   lrs = tuple(study.get("learning_rates", ()) or ()) or (None,)
   loss_specs = tuple(study.get("losses", ()) or ())
   if not loss_specs:
-    opts = {k: v for k, v in base.loss.items() if k != "name" and v}
+    opts = config_lib.loss_options(base.loss)
     loss_specs = (base.loss.name + (":" + ",".join(f"{k}={v!r}" for k, v in opts.items())
                                     if opts else ""),)
   seeds = tuple(study.seeds)
@@ -177,22 +179,25 @@ def expand(study: ml_collections.ConfigDict) -> list[Variant]:
     if lr is not None:
       overrides["optimizer.learning_rate"] = float(lr)
     # Options the base set for another loss would not apply to this one.
-    config.loss = ml_collections.ConfigDict({"name": loss_name})
+    for key in config.loss:
+      if key != "name":
+        config.loss[key] = None
+    unknown = sorted(set(loss_options) - set(config.loss))
+    if unknown:
+      raise ValueError(f"loss spec {spec!r}: unknown option(s) {unknown}; options a config "
+                       f"can set: {sorted(k for k in config.loss if k != 'name')}")
     for key, value in loss_options.items():
       overrides[f"loss.{key}"] = value
     for key, value in overrides.items():
-      if key.startswith("loss.") and key != "loss.name":
-        config.loss[key[5:]] = value
-      else:
-        _set(config, key, value)
+      _set(config, key, value)
     effective_lr = config.optimizer.learning_rate
     if effective_lr is None:
       effective_lr = optimizers_lib.default_learning_rate(opt)
     setting = opt + (f" lr={effective_lr:g}" if show_lr else "")
     setting += f" / {_loss_label(loss_name, loss_options)}"
     try:
-      validate_config(config)
-    except ValueError as e:
+      config_lib.validate(config)
+    except (ValueError, TypeError) as e:
       raise ValueError(f"study variant {setting!r} (seed {seed}): {e}") from e
     if effective_lr is None:
       raise ValueError(f"study variant {setting!r}: optimizer {opt!r} has no default "

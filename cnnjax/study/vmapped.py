@@ -1,32 +1,31 @@
 """Training a group of runs that differ only in values as ONE vmapped program.
 
-The runs of a group share model, data, budget and optimizer *structure*; they may differ
-in seed (initialisation, batch order, augmentation and dropout keys), learning rate and
-loss (name and options). Their train states are stacked along a leading variant axis
-``[K, ...]`` and one `jax.jit(jax.vmap(train_step))` is compiled for the group:
+The runs of a group share task, model, data, budget and optimizer *structure*; they may
+differ in seed (initialisation, batch order, augmentation and dropout keys), learning
+rate and loss (name and options). Each run is assembled by the same
+`cnnjax.training.build.build_run` that a single run uses; the group stacks their states
+along a leading axis ``[K, ...]`` and compiles one `jax.jit(jax.vmap(step))` of the runs'
+own step function:
 
-* the learning rate is a value in the optimizer state: the group's optax chain is built
-  with a base rate of 1 and each variant's state gets its rate as the chain's run-time
-  multiplier (`cnnjax.optimizers.set_learning_rate_scale`), so ``lr = schedule_1(count) *
-  lr_k``, the same float32 product a run built with ``lr_k`` computes;
-* the loss is chosen per variant by `lax.switch` over the group's distinct losses (each
-  built by `cnnjax.losses.for_classification` exactly as a single run builds it); under
-  vmap the switch evaluates every loss on every variant's logits and selects, which is
-  cheap next to the network and lets any losses share a group;
-* each variant's batch comes from its own seed's `Dataset.train_batches(epoch)`, stacked
-  to ``[K, B, ...]``; evaluation batches (seed-independent) are shared.
+* the learning rate is already a value in each run's optimizer state (`build_run` keeps
+  it there), so the runs share one update function;
+* the loss is chosen per run by `lax.switch` over the group's distinct losses (each the
+  run's own ``loss_fn``); under vmap the switch evaluates every loss on every run's
+  outputs and selects, which is cheap next to the network and lets any losses share a
+  group;
+* each run's batch comes from its own seed's `Dataset.train_batches(epoch)`, stacked to
+  ``[K, B, ...]``; evaluation batches (seed-independent) are shared.
 
-Each variant therefore follows the same arithmetic as
-`cnnjax.training.loop.train_and_evaluate` (``parallel="none"``) for its config: keys
-``init_rng, train_rng = cnnjax.training.state.run_keys(seed)``, the same batches, keys and eval.
-A variant whose loss becomes non-finite is marked diverged; vmap lanes never mix, so its
-NaNs cannot reach the other variants.
+So every run computes what `cnnjax.training.loop.train_and_evaluate` computes for its
+config on one device (``parallel="none"``), by construction. A run whose loss becomes
+non-finite is marked diverged (``on_nonfinite`` "stop" and "rollback" both end it, since
+a rollback restores one run's checkpoint; "skip" skips as in a single run); vmap lanes
+never mix, so its NaNs cannot reach the other runs.
 """
 
 from __future__ import annotations
 
-import functools
-import math
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -37,309 +36,239 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from cnnjax import losses as losses_lib
-from cnnjax import optimizers
-from cnnjax.data import augment as augment_lib
-from cnnjax.data import load as load_data
-from cnnjax.models import get_model
 from cnnjax.study.grid import group_key
-from cnnjax.training import steps as steps_lib
-from cnnjax.training.state import TrainState, create_train_state, num_params, run_keys
-from cnnjax.training.validation import validate_config
+from cnnjax.training import tracking
+from cnnjax.training.build import Run, build_run
+from cnnjax.training.nonfinite import Diverged, NonFinitePolicy, NonFiniteStep
 
 __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
 
 Log = Callable[[str], None]
 
 
-def _microbatches(config: ml_collections.ConfigDict, num_params: int) -> int:
-  # The split a single run resolves (microbatches=0 means auto, see steps.py).
-  from cnnjax.models import has_batch_norm  # pylint: disable=g-import-not-at-top
-  return steps_lib.resolve_microbatches(
-      config.microbatches, per_device_batch=config.batch_size,
-      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
-      num_params=num_params)
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
 
 
 def _loss_key(config: ml_collections.ConfigDict) -> str:
   return repr(sorted(config.loss.to_dict().items()))
 
 
-# Model variables by (model, seed, input shape): the un-jitted Flax init costs seconds on
-# CPU, and the runs of a study share a handful of seeds across many groups.
-_INIT_CACHE: dict[tuple[str, int, tuple[int, ...]], Any] = {}
-
-
-def _train_state(init_rng, seed: int, model, tx, input_shape, ema_decay: float) -> TrainState:
-  """`create_train_state(init_rng, model, tx, input_shape, ema_decay=...)`, init cached."""
-  key = (repr(model), int(seed), tuple(input_shape))
-  if key not in _INIT_CACHE:
-    state = create_train_state(init_rng, model, tx, input_shape, ema_decay=ema_decay)
-    _INIT_CACHE[key] = {"params": state.params, "batch_stats": state.batch_stats}
-    return state
-  v = _INIT_CACHE[key]
-  # The same construction as create_train_state, from the cached variables.
-  return TrainState.create(
-      apply_fn=model.apply, params=v["params"], tx=tx, batch_stats=v["batch_stats"],
-      ema_params=jax.tree.map(jnp.copy, v["params"]) if ema_decay > 0 else None,
-      ema_decay=float(ema_decay))
-
-
-def _stack(trees: Sequence[Any]) -> Any:
-  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-
-
+@dataclasses.dataclass
 class GroupRun:
-  """The compiled pieces and initial stacked state of one group (see `build_group`).
+  """The pieces of one group (see `build_group`); nothing is compiled yet.
 
   Attributes:
-    configs: the K run configs.
-    datasets: ``{seed: Dataset}``.
-    total_steps, steps_per_epoch, num_epochs: the shared budget.
-    state: the stacked `TrainState` ``[K, ...]``.
+    runs: the K `Run`s, in config order.
+    state: their stacked initial `TrainState` ``[K, ...]``.
     train_rngs: ``[K]`` keys (each run's ``train_rng``).
-    loss_index: int32 ``[K]``, each run's position in ``loss_fns``.
-    loss_fns: the group's distinct per-example losses.
+    loss_index: int32 ``[K]``, each run's position among the group's distinct losses.
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
     eval_fn: jitted ``(state, batch [B,...], loss_index) -> summed metrics [K, ...]``.
-    single_train_fn: ``(loss_fn) -> jitted single-run step`` (for timing comparisons).
   """
+  runs: list[Run]
+  state: Any
+  train_rngs: jax.Array
+  loss_index: jax.Array
+  train_fn: Callable
+  eval_fn: Callable
 
-  def __init__(self, **kw):
-    self.__dict__.update(kw)
+  @property
+  def first(self) -> Run:
+    return self.runs[0]
 
 
 def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
-  """Validates that ``configs`` can share one program and builds it (nothing trained yet).
+  """Builds one group of (validated) configs that can share a program; nothing trained yet.
 
   Raises:
-    ValueError: an invalid config, an empty group, configs that differ in more than
-      seed / learning rate / loss, or ``parallel`` other than "none"/"auto" on 1 device.
+    ValueError: an empty group, or configs that differ in more than seed / learning
+      rate / loss.
   """
   if not configs:
     raise ValueError("a study group needs at least one config, got none")
-  for c in configs:
-    validate_config(c)
-  keys = {group_key(c) for c in configs}
-  if len(keys) > 1:
+  if len({group_key(c) for c in configs}) > 1:
     raise ValueError("configs of one group may differ only in seed, optimizer.learning_rate "
-                     f"and loss; got {len(keys)} different structures")
-  c0 = configs[0]
-  if c0.on_nonfinite == "rollback":
-    # A rollback restores a checkpoint of one run: not expressible per lane. Treated as
-    # "stop" (the run is marked diverged), which is documented in docs/studies.md.
-    pass
+                     f"and loss; got {len({group_key(c) for c in configs})} different structures")
+  first = build_run(configs[0])
+  runs = [first] + [build_run(c, data=first.data, initializer=first.initializer)
+                    for c in configs[1:]]
+  position: dict[str, int] = {}
+  loss_fns = []
+  for c, r in zip(configs, runs):
+    if _loss_key(c) not in position:
+      position[_loss_key(c)] = len(loss_fns)
+      loss_fns.append(r.loss_fn)
 
-  datasets = {}
-  for c in configs:
-    if c.seed not in datasets:
-      datasets[c.seed] = load_data(c)
-  data0 = datasets[c0.seed]
-  info = data0.info
-  steps_per_epoch = data0.steps_per_epoch
-  total_steps = c0.num_train_steps or c0.num_epochs * steps_per_epoch
-  num_epochs = math.ceil(total_steps / steps_per_epoch)
-
-  loss_fns: list[steps_lib.LossFn] = []
-  loss_pos: dict[str, int] = {}
-  for c in configs:
-    k = _loss_key(c)
-    if k not in loss_pos:
-      loss_pos[k] = len(loss_fns)
-      options = {n: v for n, v in c.loss.items() if n != "name"}
-      loss_fns.append(losses_lib.for_classification(
-          c.loss.name, num_classes=info.num_classes, **options))
-  loss_index = jnp.asarray([loss_pos[_loss_key(c)] for c in configs], jnp.int32)
-
-  def select_loss(index: jax.Array) -> steps_lib.LossFn:
+  def select(index: jax.Array):
     if len(loss_fns) == 1:
       return loss_fns[0]
-    return lambda logits, labels: lax.switch(index, loss_fns, logits, labels)
-
-  model = get_model(c0.model, num_classes=info.num_classes, dtype=c0.dtype,
-                    dropout_rate=c0.dropout_rate)
-  group_opt = ml_collections.ConfigDict(c0.optimizer.to_dict())
-  group_opt.learning_rate = 1.0
-  tx = optimizers.make_optimizer(group_opt, total_steps)
-
-  states, rngs = [], []
-  for c in configs:
-    lr = c.optimizer.learning_rate
-    lr = optimizers.default_learning_rate(c.optimizer.name) if lr is None else lr
-    init_rng, train_rng = run_keys(c.seed)
-    s = _train_state(init_rng, c.seed, model, tx, info.image_shape, c.optimizer.ema_decay)
-    states.append(s.replace(opt_state=optimizers.set_learning_rate_scale(s.opt_state, lr)))
-    rngs.append(train_rng)
-
-  augment_fn = augment_lib.per_example_fn(c0.augment)
-  microbatches = _microbatches(c0, num_params(states[0].params))
-  skip = c0.on_nonfinite == "skip"
+    return lambda outputs, batch: lax.switch(index, loss_fns, outputs, batch)
 
   def one_train(state, batch, rng, index):
-    return steps_lib.train_step(state, batch, rng, loss_fn=select_loss(index),
-                                augment_fn=augment_fn, microbatches=microbatches,
-                                skip_nonfinite=skip)
+    return first.train_step(select(index))(state, batch, rng)
 
   def one_eval(state, batch, index):
-    return steps_lib.eval_step(state, batch, loss_fn=select_loss(index),
-                               num_classes=info.num_classes)
-
-  def single_train_fn(index: int):
-    return jax.jit(functools.partial(
-        steps_lib.train_step, loss_fn=loss_fns[index], augment_fn=augment_fn,
-        microbatches=microbatches, skip_nonfinite=skip), donate_argnums=0)
+    return first.eval_step(select(index))(state, batch)
 
   return GroupRun(
-      configs=list(configs), datasets=datasets, data=data0, info=info,
-      total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
-      state=_stack(states), single_states=states, train_rngs=jnp.stack(rngs),
-      loss_index=loss_index, loss_fns=loss_fns,
+      runs=runs, state=_stack([r.state for r in runs]),
+      train_rngs=jnp.stack([r.train_rng for r in runs]),
+      loss_index=jnp.asarray([position[_loss_key(c)] for c in configs], jnp.int32),
       train_fn=jax.jit(jax.vmap(one_train), donate_argnums=0),
-      eval_fn=jax.jit(jax.vmap(one_eval, in_axes=(0, None, 0))),
-      single_train_fn=single_train_fn)
+      eval_fn=jax.jit(jax.vmap(one_eval, in_axes=(0, None, 0))))
 
 
 def _stacked_batches(g: GroupRun, epoch: int):
   """Yields ``[K, B, ...]`` batches of ``epoch``: row k from run k's own seed."""
-  seeds = [c.seed for c in g.configs]
-  iters = {s: g.datasets[s].train_batches(epoch) for s in dict.fromkeys(seeds)}
+  seeds = [r.config.seed for r in g.runs]
+  by_seed = {r.config.seed: r for r in g.runs}
+  iters = {s: by_seed[s].data.train_batches(epoch) for s in dict.fromkeys(seeds)}
   for per_seed in zip(*iters.values()):
-    by_seed = dict(zip(iters, per_seed))
-    yield {k: np.stack([by_seed[s][k] for s in seeds]) for k in per_seed[0]}
+    batches = dict(zip(iters, per_seed))
+    yield {k: np.stack([batches[s][k] for s in seeds]) for k in per_seed[0]}
 
 
-def _evaluate(g: GroupRun, state, split: str) -> dict[str, np.ndarray]:
-  total = None
-  for batch in g.data.eval_batches(split):
-    m = g.eval_fn(state, batch, g.loss_index)
-    total = m if total is None else jax.tree.map(jnp.add, total, m)
-  total = jax.device_get(total)
-  count = np.asarray(total["count"], np.float64)
-  return {"loss": np.asarray(total["loss_sum"], np.float64) / count,
-          "accuracy": np.asarray(total["correct"], np.float64) / count,
-          "count": count}
+def _evaluate(g: GroupRun, eval_fn, state, split: str) -> list[dict[str, Any]]:
+  """Each run's finalized metrics on ``split``."""
+  sums = jax.device_get(tracking.summed(lambda s, b: eval_fn(s, b, g.loss_index), state,
+                                        g.first.data.eval_batches(split)))
+  task = g.first.task
+  return [task.finalize(jax.tree.map(lambda x, k=k: x[k], sums)) for k in range(len(g.runs))]
+
+
+class _Lane:
+  """One run's bookkeeping inside a group: policy, epoch means, best, target, history."""
+
+  def __init__(self, run: Run, target: float | None):
+    self.run, self.target = run, target
+    self.policy = NonFinitePolicy(run.config.on_nonfinite,
+                                  max_consecutive=run.config.max_consecutive_nonfinite)
+    self.means = tracking.Means()
+    self.best = tracking.Best(run.task.headline_goal)
+    self.history: list[dict[str, Any]] = []
+    self.diverged_step: int | None = None
+    self.reached: tuple[int, int, float] | None = None
+
+  def observe(self, step: int, metrics: dict[str, Any], names: Sequence[str]) -> None:
+    if self.diverged_step is not None:
+      return
+    try:
+      if self.policy.check(step, metrics) is None:
+        self.means.add({k: metrics[k] for k in names})
+    except (NonFiniteStep, Diverged):
+      self.diverged_step = step
+
+  def end_epoch(self, epoch: int, step: int, names, val, seconds: float) -> None:
+    record = tracking.epoch_record(epoch, step, self.means.means(), names, val)
+    record["seconds"] = seconds
+    self.means = tracking.Means()
+    headline = self.run.task.headline
+    if val is not None and self.diverged_step is None:
+      self.best.update(val[headline], epoch)
+      if self.target is not None and self.reached is None and _reaches(
+          val[headline], self.target, self.run.task.headline_goal):
+        self.reached = (step, epoch, seconds)
+    self.history.append(record)
+
+
+def _reaches(value: float, target: float, goal: str) -> bool:
+  return value >= target if goal == "max" else value <= target
+
+
+def _compile(g: GroupRun) -> tuple[Callable, Callable]:
+  probe = next(_stacked_batches(g, 0))
+  train_fn = g.train_fn.lower(g.state, probe, g.train_rngs, g.loss_index).compile()
+  eval_fn = g.eval_fn.lower(g.state, next(g.first.data.eval_batches("test")),
+                            g.loss_index).compile()
+  return train_fn, eval_fn
 
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
-                label: str = "", target_accuracy: float | None = None) -> list[dict[str, Any]]:
+                label: str = "", target: float | None = None) -> list[dict[str, Any]]:
   """Trains the K runs of ``configs`` together; returns one result dict per run, in order.
 
   Args:
-    configs: run configs differing only in seed, optimizer.learning_rate and loss.
+    configs: validated run configs (e.g. from `cnnjax.study.expand`) differing only in
+      seed, optimizer.learning_rate and loss.
     log: called with one progress line per epoch (None = silent).
     label: a name for the group in progress lines.
-    target_accuracy: validation accuracy whose first reach is reported per run
-      (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
+    target: a value of the task's headline metric on validation whose first reach is
+      reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
 
   Returns:
-    Per run: ``history`` (per epoch: epoch, step, train_loss, train_accuracy, val_loss,
-    val_accuracy, seconds), ``test_loss``, ``test_accuracy``, ``best_val_accuracy``,
-    ``best_epoch``, ``final_val_accuracy``, ``diverged``, ``diverged_step``,
-    ``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``,
-    ``train_seconds`` (the group's, shared by its K runs), ``group_size``.
-    ``seconds`` and ``seconds_to_target`` are the group's wall time divided by K: a run's
-    share of the shared program.
+    Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
+    ``test_<metric>`` for each of the task's scalar metrics, ``test_examples``,
+    ``best_val_<headline>``, ``best_epoch``, ``final_val_<headline>``, ``headline``,
+    ``headline_goal``, ``diverged``, ``diverged_step``, ``steps_to_target``,
+    ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
+    (the group's, shared by its K runs), ``group_size``. ``seconds`` and
+    ``seconds_to_target`` are the group's wall time divided by K: a run's share.
   """
   log = log or (lambda _: None)
   t0 = time.perf_counter()
   g = build_group(configs)
-  K = len(configs)
-  c0 = configs[0]
-  state = g.state
-  # Compile ahead of time so that compilation is timed apart from training.
-  probe = next(_stacked_batches(g, 0))
-  train_fn = g.train_fn.lower(state, probe, g.train_rngs, g.loss_index).compile()
-  probe_eval = next(g.data.eval_batches("test"))
-  eval_fn = g.eval_fn.lower(state, probe_eval, g.loss_index).compile()
-  g.eval_fn = eval_fn
+  train_fn, eval_fn = _compile(g)
   compile_seconds = time.perf_counter() - t0
-
-  has_val = g.data.num_examples("validation") > 0
-  history: list[list[dict[str, Any]]] = [[] for _ in range(K)]
-  diverged_step: list[int | None] = [None] * K
-  consecutive = np.zeros(K, np.int64)
-  best = [(None, None)] * K
-  reached: list[tuple[int, int, float] | None] = [None] * K
-  step = 0
-  train_seconds = 0.0
-  for epoch in range(1, g.num_epochs + 1):
+  first, k_runs = g.first, len(configs)
+  names = ("loss", *first.task.train_metric_names)
+  lanes = [_Lane(r, target) for r in g.runs]
+  state, step, train_seconds = g.state, 0, 0.0
+  has_val = first.data.num_examples("validation") > 0
+  for epoch in range(1, first.num_epochs + 1):
     t_epoch = time.perf_counter()
     pending = []
     for batch in _stacked_batches(g, epoch - 1):
       state, metrics = train_fn(state, batch, g.train_rngs, g.loss_index)
-      pending.append({k: metrics[k] for k in ("loss", "accuracy", "nonfinite")})
+      pending.append(metrics)
       step += 1
-      if step >= g.total_steps:
+      if step >= first.total_steps:
         break
-    fetched = jax.device_get(pending)
-    first = step - len(fetched) + 1
-    sums = np.zeros((K, 2))
-    counts = np.zeros(K)
-    for i, m in enumerate(fetched):
-      loss = np.asarray(m["loss"], np.float64)
-      bad = (np.asarray(m["nonfinite"]) > 0) | ~np.isfinite(loss)
-      for k in range(K):
-        if diverged_step[k] is not None:
-          continue
-        if bad[k]:
-          consecutive[k] += 1
-          if c0.on_nonfinite != "skip" or consecutive[k] > c0.max_consecutive_nonfinite:
-            diverged_step[k] = first + i
-          continue
-        consecutive[k] = 0
-        sums[k] += (float(m["loss"][k]), float(m["accuracy"][k]))
-        counts[k] += 1
+    for i, m in enumerate(jax.device_get(pending)):
+      for k, lane in enumerate(lanes):
+        lane.observe(step - len(pending) + 1 + i, {n: v[k] for n, v in m.items()}, names)
     val = None
-    if has_val and (epoch % c0.eval_every_epochs == 0 or step >= g.total_steps):
-      val = _evaluate(g, state, "validation")
+    if has_val and (epoch % first.config.eval_every_epochs == 0 or step >= first.total_steps):
+      val = [first.task.scalars(v) for v in _evaluate(g, eval_fn, state, "validation")]
     train_seconds += time.perf_counter() - t_epoch
-    for k in range(K):
-      n = max(counts[k], 1)
-      record = {"epoch": epoch, "step": step,
-                "train_loss": sums[k, 0] / n if counts[k] else float("nan"),
-                "train_accuracy": sums[k, 1] / n if counts[k] else float("nan"),
-                "seconds": train_seconds / K}
-      if val is not None:
-        va, vl = float(val["accuracy"][k]), float(val["loss"][k])
-        record.update(val_loss=vl, val_accuracy=va)
-        if diverged_step[k] is None:
-          if best[k][0] is None or va > best[k][0]:
-            best[k] = (va, epoch)
-          if (target_accuracy is not None and reached[k] is None
-              and va >= target_accuracy):
-            reached[k] = (step, epoch, train_seconds / K)
-      history[k].append(record)
+    for k, lane in enumerate(lanes):
+      lane.end_epoch(epoch, step, names, None if val is None else val[k],
+                     train_seconds / k_runs)
     if val is not None:
-      ok = [k for k in range(K) if diverged_step[k] is None]
-      accs = val["accuracy"][ok] if ok else np.array([np.nan])
-      log(f"{label} epoch {epoch}/{g.num_epochs} ({train_seconds:.1f}s): val accuracy "
-          f"mean {np.mean(accs):.4f} [{np.min(accs):.4f}, {np.max(accs):.4f}]"
-          + (f", {K - len(ok)} diverged" if len(ok) < K else ""))
+      log(_epoch_line(label, epoch, first, lanes, val, train_seconds))
+  test = _evaluate(g, eval_fn, state, "test")
+  return [_result(lane, t, step, compile_seconds, train_seconds, k_runs)
+          for lane, t in zip(lanes, test)]
 
-  test = _evaluate(g, state, "test")
-  results = []
-  for k in range(K):
-    last = history[k][-1] if history[k] else {}
-    diverged = diverged_step[k] is not None
-    results.append({
-        "diverged": diverged,
-        "diverged_step": diverged_step[k],
-        "test_accuracy": None if diverged else float(test["accuracy"][k]),
-        "test_loss": None if diverged else float(test["loss"][k]),
-        "test_examples": int(test["count"][k]),
-        "final_val_accuracy": None if diverged else last.get("val_accuracy"),
-        "best_val_accuracy": best[k][0],
-        "best_epoch": best[k][1],
-        "steps_to_target": reached[k][0] if reached[k] else None,
-        "epochs_to_target": reached[k][1] if reached[k] else None,
-        "seconds_to_target": reached[k][2] if reached[k] else None,
-        "history": history[k],
-        "steps": step,
-        "compile_seconds": compile_seconds,
-        "train_seconds": train_seconds,
-        "group_size": K,
-    })
-  return results
+
+def _epoch_line(label, epoch, first: Run, lanes, val, train_seconds) -> str:
+  headline = first.task.headline
+  ok = [k for k, lane in enumerate(lanes) if lane.diverged_step is None]
+  values = np.asarray([val[k][headline] for k in ok]) if ok else np.array([np.nan])
+  return (f"{label} epoch {epoch}/{first.num_epochs} ({train_seconds:.1f}s): val {headline} "
+          f"mean {np.mean(values):.4f} [{np.min(values):.4f}, {np.max(values):.4f}]"
+          + (f", {len(lanes) - len(ok)} diverged" if len(ok) < len(lanes) else ""))
+
+
+def _result(lane: _Lane, test: dict[str, Any], step: int, compile_seconds: float,
+            train_seconds: float, group_size: int) -> dict[str, Any]:
+  task = lane.run.task
+  headline, diverged = task.headline, lane.diverged_step is not None
+  last = lane.history[-1] if lane.history else {}
+  reached = lane.reached
+  return {
+      "diverged": diverged, "diverged_step": lane.diverged_step,
+      **{f"test_{k}": None if diverged else v for k, v in task.scalars(test).items()},
+      "test_examples": test["count"], "headline": headline, "headline_goal": task.headline_goal,
+      "headline_percent": task.headline_percent,
+      f"final_val_{headline}": None if diverged else last.get(f"val_{headline}"),
+      f"best_val_{headline}": lane.best.value, "best_epoch": lane.best.epoch,
+      "steps_to_target": reached[0] if reached else None,
+      "epochs_to_target": reached[1] if reached else None,
+      "seconds_to_target": reached[2] if reached else None,
+      "history": lane.history, "steps": step, "compile_seconds": compile_seconds,
+      "train_seconds": train_seconds, "group_size": group_size,
+  }
 
 
 def measure_vmap(configs: Sequence[ml_collections.ConfigDict], *, steps: int = 40,
@@ -356,48 +285,43 @@ def measure_vmap(configs: Sequence[ml_collections.ConfigDict], *, steps: int = 4
   """
   log = log or (lambda _: None)
   g = build_group(configs)
-  K = len(configs)
-  batches = []
-  epoch = 0
+  k_runs = len(configs)
+  batches, epoch = [], 0
   while len(batches) < steps + 1:
     batches += list(_stacked_batches(g, epoch))
     epoch += 1
   batches = batches[:steps + 1]
 
+  def timed(fn, state, rows):
+    state = fn(state, *rows(batches[0]))[0]
+    jax.block_until_ready(state)
+    t = time.perf_counter()
+    for b in batches[1:]:
+      state, m = fn(state, *rows(b))
+    jax.block_until_ready((state, m))
+    return time.perf_counter() - t
+
   t = time.perf_counter()
   train_fn = g.train_fn.lower(g.state, batches[0], g.train_rngs, g.loss_index).compile()
   vmapped_compile = time.perf_counter() - t
-  state = train_fn(g.state, batches[0], g.train_rngs, g.loss_index)[0]
-  jax.block_until_ready(state)
-  t = time.perf_counter()
-  for b in batches[1:]:
-    state, m = train_fn(state, b, g.train_rngs, g.loss_index)
-  jax.block_until_ready((state, m))
-  vmapped = time.perf_counter() - t
-  log(f"vmapped: {K} runs x {steps} steps in {vmapped:.2f}s (compile {vmapped_compile:.1f}s)")
+  vmapped = timed(train_fn, g.state, lambda b: (b, g.train_rngs, g.loss_index))
+  log(f"vmapped: {k_runs} runs x {steps} steps in {vmapped:.2f}s (compile {vmapped_compile:.1f}s)")
 
   t = time.perf_counter()
-  single = {}
   index = np.asarray(g.loss_index)
-  for k in range(K):
+  single = {}
+  for k, run in enumerate(g.runs):
     if index[k] not in single:
-      fn = g.single_train_fn(int(index[k]))
-      single[index[k]] = fn.lower(g.single_states[k], {n: v[k] for n, v in batches[0].items()},
-                                  g.train_rngs[k]).compile()
+      single[index[k]] = jax.jit(run.train_step(), donate_argnums=0).lower(
+          run.state, {n: v[k] for n, v in batches[0].items()}, run.train_rng).compile()
   sequential_compile = time.perf_counter() - t
-  sequential = 0.0
-  for k in range(K):
-    fn = single[index[k]]
-    s = jax.tree.map(jnp.copy, g.single_states[k])
-    s = fn(s, {n: v[k] for n, v in batches[0].items()}, g.train_rngs[k])[0]
-    jax.block_until_ready(s)
-    t = time.perf_counter()
-    for b in batches[1:]:
-      s, m = fn(s, {n: v[k] for n, v in b.items()}, g.train_rngs[k])
-    jax.block_until_ready((s, m))
-    sequential += time.perf_counter() - t
-  log(f"sequential: {K} runs x {steps} steps in {sequential:.2f}s "
+  sequential = sum(
+      timed(single[index[k]], jax.tree.map(jnp.copy, run.state),
+            lambda b, k=k, run=run: ({n: v[k] for n, v in b.items()}, run.train_rng))
+      for k, run in enumerate(g.runs))
+  log(f"sequential: {k_runs} runs x {steps} steps in {sequential:.2f}s "
       f"(compile {sequential_compile:.1f}s)")
-  return {"k": K, "steps": steps, "vmapped_seconds": vmapped, "sequential_seconds": sequential,
-          "speedup": sequential / vmapped, "vmapped_compile_seconds": vmapped_compile,
+  return {"k": k_runs, "steps": steps, "vmapped_seconds": vmapped,
+          "sequential_seconds": sequential, "speedup": sequential / vmapped,
+          "vmapped_compile_seconds": vmapped_compile,
           "sequential_compile_seconds": sequential_compile}

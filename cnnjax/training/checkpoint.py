@@ -2,7 +2,7 @@
 
 Each checkpoint holds two items: ``state`` (the TrainState pytree, saved from
 one un-replicated copy so it restores in any parallel mode and device count)
-and ``meta`` (JSON: epoch, history, best validation accuracy, ...). Orbax
+and ``meta`` (JSON: epoch, history, best validation result, ...). Orbax
 writes into a temporary directory and renames it when complete, so a crash
 never leaves a half-written checkpoint in place of the last good one.
 """
@@ -22,17 +22,28 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
 _LOG = logging.getLogger(__name__)
-VAL_METRIC = "val_accuracy"
+BEST_METRIC = "best"
 
 
 class Checkpointer:
-  """Keeps the last ``keep`` checkpoints and the best one by validation accuracy."""
+  """Keeps the last ``keep`` checkpoints and the best one by the task's headline metric.
 
-  def __init__(self, directory: str | epath.Path, *, keep: int):
+  A checkpoint carries the metric only when it set a new best (strictly better), so
+  the kept best is always the newest such checkpoint: on a tie the earlier epoch,
+  the one the run's summary names, stays.
+
+  Args:
+    directory: where the checkpoints live.
+    keep: how many of the latest to keep.
+    goal: ``"max"`` or ``"min"``, the direction of the headline metric.
+  """
+
+  def __init__(self, directory: str | epath.Path, *, keep: int, goal: str = "max"):
     policy = checkpoint_managers.AnyPreservationPolicy([
         checkpoint_managers.LatestN(n=keep),
         checkpoint_managers.BestN(
-            get_metric_fn=lambda m: m[VAL_METRIC], n=1, keep_checkpoints_without_metrics=False),
+            get_metric_fn=lambda m: m[BEST_METRIC], reverse=goal == "min", n=1,
+            keep_checkpoints_without_metrics=False),
     ])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
@@ -45,8 +56,9 @@ class Checkpointer:
     self._manager = ocp.CheckpointManager(
         self.directory, options=options, item_names=("state", "meta"))
 
-  def save(self, step: int, state, meta: dict[str, Any], val_accuracy: float | None = None):
-    metrics = None if val_accuracy is None else {VAL_METRIC: float(val_accuracy)}
+  def save(self, step: int, state, meta: dict[str, Any], best: float | None = None):
+    """Saves in the background; ``best``: the new best headline value this step reached."""
+    metrics = None if best is None else {BEST_METRIC: float(best)}
     self._manager.save(
         step,
         # A copy: the save completes in the background while the loop keeps

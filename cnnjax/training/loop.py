@@ -1,77 +1,41 @@
-"""`train_and_evaluate`: the loop around the pure steps, owning every side effect."""
+"""`train_and_evaluate`: the loop around the pure steps, owning every side effect.
+
+The loop reads as its parts, the methods of `_Trainer`: setup (`_build`, `_compile`,
+`_restore`), one epoch (`_epoch`, with `_flush` applying the non-finite policy to each
+fetched step in order), the end of an epoch (`_end_epoch`: records, validation,
+checkpoint), the non-finite policy (`cnnjax.training.nonfinite`, with `_rollback`), and
+finalization (`_finish`: test evaluation, summary, plots). What is learned and how it
+is scored comes from the run's task; the loop never looks at a label.
+
+Heavy libraries (tfds, grain, orbax, matplotlib) are imported only once the config and
+the workdir are accepted, so bad input fails in well under a second.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import json
 import math
 import os
-import signal
 import sys
 import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
-from cnnjax import losses as losses_lib
-from cnnjax import optimizers
+from cnnjax import config as config_lib
 from cnnjax import parallel as parallel_lib
 from cnnjax import reporting
-from cnnjax.data import augment as augment_lib
-from cnnjax.data import load as load_data
-from cnnjax.models import get_model, has_batch_norm
-from cnnjax.training import manifest as manifest_lib
-from cnnjax.training import steps as steps_lib
-from cnnjax.training.checkpoint import Checkpointer
-from cnnjax.training.state import create_train_state, num_params, run_keys
-from cnnjax.training.validation import validate_config, validate_workdir
+from cnnjax.training import tracking
+from cnnjax.training.nonfinite import Diverged, NonFinitePolicy, NonFiniteStep
+from cnnjax.training.signals import Interrupted, StopRequest
+from cnnjax.training.workdir import RunError, completed_summary, validate_workdir
 
+__all__ = ["Diverged", "Interrupted", "RunError", "config_to_dict", "results_table",
+           "train_and_evaluate"]
 
-class RunError(RuntimeError):
-  """A run that cannot start or continue; the message is one line for the user."""
-
-
-class Interrupted(BaseException):
-  """Raised after a clean stop on SIGTERM/SIGINT; carries the exit code.
-
-  A BaseException, like KeyboardInterrupt, so that library code catching
-  ``Exception`` while it is raised (from a signal handler) cannot swallow it.
-  """
-
-  def __init__(self, message: str, exit_code: int):
-    super().__init__(message)
-    self.exit_code = exit_code
-
-
-class Diverged(Exception):
-  """Raised when training became non-finite and the policy says stop."""
-
-
-# Keys that change how a run is displayed, not what it computes: a resumed
-# run may change them freely.
-_PRESENTATION_KEYS = {"progress", "log_every_steps"}
-# Keys that say where a run executes, not what it computes: a checkpoint
-# restores in any parallel mode and device count (docs/parallel.md). bn_sync is
-# not among them: it changes what BatchNorm normalizes over.
-_PLACEMENT_KEYS = {"parallel", "distributed"}
-
-
-def _differing_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
-  keys = []
-  for k in sorted(set(old) | set(new)):
-    path = f"{prefix}{k}"
-    if path in _PRESENTATION_KEYS or path in _PLACEMENT_KEYS:
-      continue
-    a, b = old.get(k, "<missing>"), new.get(k, "<missing>")
-    if isinstance(a, dict) and isinstance(b, dict):
-      keys += _differing_keys(a, b, path + ".")
-    elif a != b:
-      keys.append(f"{path} ({a!r} -> {b!r})")
-  return keys
+# How often (seconds) the progress bar's running metrics are refreshed between log steps.
+_DISPLAY_SECONDS = 0.25
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -79,420 +43,381 @@ def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return json.loads(config.to_json_best_effort())
 
 
-@dataclasses.dataclass
-class _Signals:
-  """First SIGINT/SIGTERM asks the loop to stop after the current step; a second exits at once."""
-
-  received: int | None = None
-  # Until the first step there is nothing to save, so a signal stops the run
-  # at once instead of waiting for data loading and compilation to finish.
-  training: bool = False
-
-  def install(self):
-    if threading_is_main():
-      self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
-
-  def _handle(self, signum, frame):
-    if self.received is not None:
-      os._exit(128 + signum)
-    self.received = signum
-    if not self.training:
-      raise Interrupted(f"interrupted by {signal.Signals(signum).name} before training started; "
-                        "nothing to save, rerun the same command to start again", 128 + signum)
-    print(f"\nreceived {signal.Signals(signum).name}: stopping after this step "
-          "(send it again to exit at once)", flush=True)
-
-  def restore(self):
-    for s, h in getattr(self, "_old", {}).items():
-      signal.signal(s, h)
-
-
-def threading_is_main() -> bool:
-  import threading  # pylint: disable=g-import-not-at-top
-  return threading.current_thread() is threading.main_thread()
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       allow_config_change: bool = False) -> dict[str, Any]:
+                       allow_config_change: bool = False,
+                       stop: StopRequest | None = None) -> dict[str, Any]:
   """Trains ``config`` in ``workdir``, resuming from its checkpoints if any.
 
-  Writes into ``workdir``: config.json, manifest.json, metrics.jsonl,
-  summary.json, plots/, tensorboard/, checkpoints/. Returns the summary.
+  Writes into ``workdir``: config.json, manifest.json, metrics.jsonl, summary.json,
+  plots/, tensorboard/, checkpoints/. Returns the summary (with ``"reprinted": True``
+  when ``workdir`` already holds this run, completed).
+
+  Args:
+    config: the run config (validated here, once).
+    workdir: the run directory.
+    allow_config_change: continue a run of another config in ``workdir``.
+    stop: a `StopRequest` the caller installed already (e.g. at program start); by
+      default one is installed for the duration of the call.
 
   Raises:
     ValueError: an invalid config (one-line message naming key and value).
     RunError: a workdir that holds a different run, or cannot be written.
     Interrupted: the run stopped cleanly on a signal (summary written).
-    Diverged: the loss became non-finite under ``on_nonfinite="stop"``.
+    Diverged: the loss became non-finite and the policy ends the run.
   """
-  validate_config(config)
+  config_lib.validate(config)
   workdir = os.path.abspath(workdir)
   resolved = config_to_dict(config)
-  par = parallel_lib.Parallel(config.parallel, config.bn_sync)
-
-  # Refuse a workdir of another run before touching anything in it.
-  config_path = os.path.join(workdir, "config.json")
-  summary_path = os.path.join(workdir, "summary.json")
-  if os.path.exists(config_path):
-    with open(config_path) as f:
-      old = json.load(f)
-    diff = _differing_keys(old, resolved)
-    if diff and not allow_config_change:
-      raise RunError(
-          f"workdir {workdir} holds a run with a different config ({'; '.join(diff)}); "
-          "use another --workdir, or --allow_config_change to continue it with the new config")
-    if not diff and os.path.exists(summary_path):
-      with open(summary_path) as f:
-        summary = json.load(f)
-      if summary.get("status") == "completed":
-        summary["reprinted"] = True
-        return summary
+  summary = completed_summary(workdir, resolved, allow_config_change=allow_config_change)
+  if summary is not None:
+    return {**summary, "reprinted": True}
   validate_workdir(workdir)
-  signals = _Signals()
-  signals.install()
+  own = stop is None
+  stop = (stop or StopRequest()).install()
   try:
-    return _train(config, workdir, resolved, par, signals, config_path, summary_path)
+    return _Trainer(config, workdir, resolved, stop).train()
   finally:
-    signals.restore()
+    if own:
+      stop.restore()
 
 
-def _train(config, workdir, resolved, par, signals, config_path, summary_path) -> dict[str, Any]:
-  """The body of `train_and_evaluate` once the config and workdir are accepted."""
-  main = par.is_main_process
-  data = load_data(config)
-  info = data.info
-  par.check_batch_size(config.batch_size)
-  par.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  steps_per_epoch = data.steps_per_epoch
-  total_steps = config.num_train_steps or config.num_epochs * steps_per_epoch
-  num_epochs = math.ceil(total_steps / steps_per_epoch)
+class _Trainer:
+  """One run of `train_and_evaluate`: its compiled steps, state and bookkeeping."""
 
-  loss_options = {k: v for k, v in config.loss.items() if k != "name"}
-  loss_fn = losses_lib.for_classification(
-      config.loss.name, num_classes=info.num_classes, **loss_options)
-  model = get_model(config.model, num_classes=info.num_classes, dtype=config.dtype,
-                    dropout_rate=config.dropout_rate, **par.model_kwargs())
-  tx = optimizers.make_optimizer(config.optimizer, total_steps)
-  skip = config.on_nonfinite == "skip"
+  def __init__(self, config, workdir: str, resolved: dict[str, Any], stop: StopRequest):
+    self.config, self.workdir, self.stop = config, workdir, stop
+    self.t_start = time.perf_counter()
+    self.par = parallel_lib.Parallel(config.parallel, config.bn_sync)
+    self.main = self.par.is_main_process
+    self.pindex, self.pcount = jax.process_index(), jax.process_count()
+    self.progress = reporting.Progress(0, mode=config.progress, enabled=self.main)
+    self._build(resolved)
+    self._restore()
+    self._compile()
+    self.setup_seconds = time.perf_counter() - self.t_start
 
-  init_rng, train_rng = run_keys(config.seed)
-  state = create_train_state(init_rng, model, tx, info.image_shape,
-                             ema_decay=config.optimizer.ema_decay)
-  # The train step donates the state's buffers, so the rollback keeps its own
-  # host copy of the initial state (only that policy needs it) and restores
-  # against shapes, not buffers.
-  initial = jax.device_get(state) if config.on_nonfinite == "rollback" else None
-  template = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
-      if isinstance(x, jax.Array) else x, state)
-  n_params = num_params(state.params)
+  # -- setup ------------------------------------------------------------------
 
-  microbatches = steps_lib.resolve_microbatches(
-      config.microbatches, per_device_batch=config.batch_size // par.num_devices,
-      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
-      num_params=n_params)
-  train_fn = par.compile_train(functools.partial(
-      steps_lib.train_step, loss_fn=loss_fn,
-      augment_fn=augment_lib.per_example_fn(config.augment), microbatches=microbatches, skip_nonfinite=skip))
-  eval_fn = par.compile_eval(functools.partial(
-      steps_lib.eval_step, loss_fn=loss_fn, num_classes=info.num_classes))
+  def _build(self, resolved: dict[str, Any]) -> None:
+    from cnnjax.training import build, checkpoint, manifest  # pylint: disable=g-import-not-at-top
+    c = self.config
+    self.progress.stage(f"loading {c.dataset}, building {c.model}")
+    self.run = run = build.build_run(c, parallel=self.par)
+    self.stop.check_startup()
+    self.task, self.data = run.task, run.data
+    self.train_names = ("loss", *self.task.train_metric_names)
+    self.progress.total = run.total_steps
+    self.progress.metrics = ("loss", self.task.headline)
+    # The train step donates the state's buffers, so the rollback keeps its own
+    # host copy of the initial state (only that policy needs it).
+    self.initial = jax.device_get(run.state) if c.on_nonfinite == "rollback" else None
+    self.template = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+        if isinstance(x, jax.Array) else x, run.state)
+    if self.main:
+      os.makedirs(self.workdir, exist_ok=True)
+      reporting.write_json(os.path.join(self.workdir, "config.json"), resolved)
+      reporting.write_json(os.path.join(self.workdir, "manifest.json"),
+                           manifest.build(resolved, self.par, self.workdir))
+    self.checkpointer = checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                                keep=c.keep_checkpoints,
+                                                goal=self.task.headline_goal)
+    self.writer = reporting.MetricsWriter(self.workdir, enabled=self.main)
+    self.policy = NonFinitePolicy(c.on_nonfinite, max_consecutive=c.max_consecutive_nonfinite)
+    self.has_val = self.data.num_examples("validation") > 0
+    self.pending: list[Any] = []   # device metrics of steps not yet fetched
+    self.last: dict[str, float] = {}
+    self.window = tracking.Means()
+    self.diverged_step: int | None = None
 
-  if main:
-    os.makedirs(workdir, exist_ok=True)
-    reporting.write_json(config_path, resolved)
-    reporting.write_json(os.path.join(workdir, "manifest.json"),
-                         manifest_lib.build(resolved, par, workdir))
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.keep_checkpoints)
-  writer = reporting.MetricsWriter(workdir, enabled=main)
-  progress = reporting.Progress(total_steps, mode=config.progress, enabled=main)
+  def _restore(self) -> None:
+    self.step, state = 0, self.run.state
+    self._load_meta({"history": [], "epoch_sums": {}, "best_value": None, "best_epoch": None,
+                     "events": [], "train_seconds": 0.0, "lr_scale": 1.0})
+    restored = self.checkpointer.restore_latest(self.template)
+    if restored is not None:
+      self.step, state, meta = restored
+      self._load_meta(meta)
+      if self.main:
+        # Said even with progress="none": a resumed run must never look like a fresh one.
+        print(f"resuming from step {self.step} of {self.run.total_steps} ({self.workdir})",
+              file=sys.stderr, flush=True)
+      self.writer.truncate_after(self.step)
+    self.state = self.par.put_state(state)
+    self.stop.check_startup()
 
-  meta = {"history": [], "epoch_sums": {}, "best_val_accuracy": None, "best_epoch": None,
-          "events": [], "train_seconds": 0.0, "lr_scale": 1.0}
-  step = 0
-  restored = checkpointer.restore_latest(template)
-  if restored is not None:
-    step, state, meta = restored
-    if main:
-      # Said even with progress="none": a resumed run must never look like a fresh one.
-      print(f"resuming from step {step} of {total_steps} ({workdir})", file=sys.stderr, flush=True)
-    writer.truncate_after(step)
+  def _compile(self) -> None:
+    """Compiles both steps once, ahead of time, so compilation is timed apart from training."""
+    self.progress.stage("compiling the train and eval steps")
+    t0 = time.perf_counter()
+    first = next(self.data.train_batches(0, process_index=self.pindex, process_count=self.pcount))
+    self.train_fn = self.par.precompile(self.par.compile_train(self.run.train_step()),
+                                        self.state, self.par.put_batch(first), self.run.train_rng)
+    self.stop.check_startup()
+    probe = next(self._eval_batches("test"))
+    self.eval_fn = self.par.precompile(self.par.compile_eval(self.run.eval_step()), self.state,
+                                       self.par.put_batch(probe))
+    self.compile_seconds = time.perf_counter() - t0
+    self.stop.check_startup()
 
-  state = par.put_state(state)
-  pindex, pcount = jax.process_index(), jax.process_count()
+  def _load_meta(self, meta: dict[str, Any]) -> None:
+    self.meta = meta
+    self.epoch_means = tracking.Means(meta["epoch_sums"])
+    self.best = tracking.Best(self.task.headline_goal, meta["best_value"], meta["best_epoch"])
+    self.train_seconds = meta["train_seconds"]
 
-  # Compile once, ahead of time, so compilation is measured apart from training.
-  t0 = time.perf_counter()
-  probe_batch = par.put_batch(next(data.train_batches(0, process_index=pindex, process_count=pcount)))
-  train_fn = par.precompile(train_fn, state, probe_batch, train_rng)
-  probe_eval = par.put_batch(next(data.eval_batches("test", process_index=pindex,
-                                                    process_count=pcount)))
-  eval_fn = par.precompile(eval_fn, state, probe_eval)
-  compile_seconds = time.perf_counter() - t0
+  def _meta(self) -> dict[str, Any]:
+    return {**self.meta, "epoch_sums": self.epoch_means.to_dict(), "best_value": self.best.value,
+            "best_epoch": self.best.epoch, "train_seconds": self.train_seconds}
 
-  def evaluate(split: str) -> dict[str, Any]:
-    total = None
-    for batch in data.eval_batches(split, process_index=pindex, process_count=pcount):
-      m = eval_fn(state, par.put_batch(batch))
-      total = m if total is None else jax.tree.map(jnp.add, total, m)
-    total = par.fetch(total)
-    count = float(total["count"])
-    return {"loss": float(total["loss_sum"]) / count, "accuracy": float(total["correct"]) / count,
-            "count": int(count), "confusion": np.asarray(total["confusion"])}
+  def _eval_batches(self, split: str):
+    return self.data.eval_batches(split, process_index=self.pindex, process_count=self.pcount)
 
-  def save(val_accuracy=None):
-    checkpointer.save(step, par.get_state(state), meta, val_accuracy)
+  # -- training ---------------------------------------------------------------
 
-  signals.training = True
-
-  def stop_requested(sync_point: bool) -> bool:
-    """Whether to stop for a signal. With several processes only at sync points,
-    where every process asks together: the checkpoint that follows is collective,
-    and a process stopping alone would leave the others waiting in it."""
-    if pcount == 1:
-      return signals.received is not None
-    return sync_point and par.any_process(signals.received is not None)
-
-  pending: list[Any] = []   # device metrics of steps not yet fetched
-  last_log: dict[str, float] = {}
-  consecutive_nonfinite = 0
-  rollbacks = 0
-  has_val = data.num_examples("validation") > 0
-
-  def flush() -> None:
-    """Fetches pending step metrics; applies the non-finite policy to each step in order."""
-    nonlocal consecutive_nonfinite
-    if not pending:
-      return
-    fetched = [par.fetch(m) for m in pending]
-    first = step - len(pending) + 1
-    pending.clear()
-    sums = meta["epoch_sums"]
-    window = {"loss": 0.0, "accuracy": 0.0, "n": 0}
-    for i, m in enumerate(fetched):
-      s = first + i
-      bad = bool(m["nonfinite"]) or not math.isfinite(float(m["loss"]))
-      if bad:
-        consecutive_nonfinite += 1
-        what = "loss" if not math.isfinite(float(m["loss"])) else "gradient"
-        event = {"event": "nonfinite", "step": s, "metric": what, "policy": config.on_nonfinite}
-        if config.on_nonfinite == "skip":
-          if consecutive_nonfinite > config.max_consecutive_nonfinite:
-            raise Diverged(f"training diverged: {what} non-finite for {consecutive_nonfinite} "
-                           f"consecutive steps (up to step {s}); on_nonfinite='skip', "
-                           f"max_consecutive_nonfinite={config.max_consecutive_nonfinite}")
-          meta["events"].append(event)
-          writer.write({"step": s, "epoch": (s - 1) // steps_per_epoch + 1, "split": "train",
-                        **event})
+  def train(self) -> dict[str, Any]:
+    status = "running"
+    self.stop.check_startup()
+    try:
+      while self.step < self.run.total_steps:
+        try:
+          self._epoch()
+        except NonFiniteStep as e:
+          self._nonfinite(e)
           continue
-        raise _NonFinite(s, what)
-      consecutive_nonfinite = 0
-      for k in ("loss", "accuracy"):
-        sums[k] = sums.get(k, 0.0) + float(m[k])
-        window[k] += float(m[k])
-      sums["n"] = sums.get("n", 0) + 1
-      window["n"] += 1
-      last_log.update({k: float(v) for k, v in m.items()})
-    if window["n"]:
-      last_log["loss"] = window["loss"] / window["n"]
-      last_log["accuracy"] = window["accuracy"] / window["n"]
+        self._end_epoch()
+      status = "completed"
+    except Interrupted:
+      status = "interrupted"
+      raise
+    except Diverged as e:
+      status = "diverged"
+      self.meta["events"].append({"event": "stopped", "reason": str(e)})
+      raise
+    finally:
+      self.progress.close()
+      # Every process takes part in the test evaluation (a collective with several
+      # processes); only the main process writes.
+      if status != "running":
+        self.summary = self._finish(status)
+      self.writer.close()
+      self.checkpointer.close()
+    return self.summary
 
-  status = "running"
-  summary: dict[str, Any] = {}
-  train_seconds = meta["train_seconds"]
-  try:
-    while step < total_steps:
-      epoch = step // steps_per_epoch + 1  # 1-based for people
-      t_epoch = time.perf_counter()
-      progress.start(step)
-      try:
-        for batch in data.train_batches(epoch - 1, start_step=step % steps_per_epoch,
-                                        process_index=pindex, process_count=pcount):
-          state, metrics = train_fn(state, par.put_batch(batch), train_rng)
-          step += 1
-          pending.append(metrics)
-          if step % config.log_every_steps == 0 or step == total_steps:
-            flush()
-            writer.write({"step": step, "epoch": epoch, "split": "train",
-                          "loss": last_log.get("loss"), "accuracy": last_log.get("accuracy"),
-                          "learning_rate": last_log.get("learning_rate"),
-                          "grad_norm": last_log.get("grad_norm")})
-            progress.update(step, epoch, last_log)
-          epoch_end = step >= total_steps or step % steps_per_epoch == 0
-          # At an epoch's last step the interrupt waits for the epoch-end
-          # checkpoint below, so every checkpoint at such a step has its epoch
-          # closed (history, validation) and one step is never saved twice.
-          if not epoch_end and stop_requested(step % config.log_every_steps == 0):
-            flush()
-            meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
-            save()
-            raise _interrupted(signals.received or signal.SIGTERM, step, total_steps)
-          if (config.checkpoint_every_steps and step % config.checkpoint_every_steps == 0
-              and not epoch_end):
-            flush()
-            meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
-            save()
-          if epoch_end:
-            break
-        flush()
-      except _NonFinite as nf:
-        event = {"event": "nonfinite", "step": nf.step, "metric": nf.metric,
-                 "policy": config.on_nonfinite}
-        meta["events"].append(event)
-        writer.write({"step": nf.step, "epoch": epoch, "split": "train", **event})
-        if config.on_nonfinite == "stop":
-          raise Diverged(f"training diverged: the {nf.metric} became non-finite at step {nf.step} "
-                         f"(on_nonfinite='stop'); the last good checkpoint is kept in "
-                         f"{checkpointer.directory}")
-        # rollback: back to the last good checkpoint with a smaller learning rate.
-        rollbacks += 1
-        if rollbacks > config.max_consecutive_nonfinite:
-          raise Diverged(f"training diverged: non-finite {nf.metric} at step {nf.step} after "
-                         f"{rollbacks - 1} rollbacks (on_nonfinite='rollback')")
-        # The scale compounds over rollbacks, also when two of them return to
-        # the same checkpoint (whose meta holds the scale it was saved with).
-        lr_scale = meta.get("lr_scale", 1.0) * config.rollback_lr_factor
-        back = checkpointer.restore_latest(template)
-        events = meta["events"]
-        if back is None:
-          step, state, meta = 0, initial, {**meta, "history": [], "epoch_sums": {},
-                                            "best_val_accuracy": None, "best_epoch": None}
-        else:
-          step, state, meta = back
-        meta["events"] = events
-        meta["lr_scale"] = lr_scale
-        state = state.replace(opt_state=optimizers.set_learning_rate_scale(
-            state.opt_state, lr_scale))
-        state = par.put_state(state)
-        pending.clear()
-        consecutive_nonfinite = 0
-        writer.write({"step": step, "epoch": epoch, "split": "train", "event": "rollback",
-                      "lr_scale": meta["lr_scale"], "from_step": nf.step})
-        progress.message(f"non-finite {nf.metric} at step {nf.step}: rolled back to step {step}, "
-                         f"learning rate x{meta['lr_scale']:g}")
+  def _epoch(self) -> None:
+    run = self.run
+    self.epoch = self.step // run.steps_per_epoch + 1  # 1-based for people
+    t_epoch = time.perf_counter()
+    self.progress.start(self.step)
+    self.last_display = t_epoch
+    batches = self.data.train_batches(self.epoch - 1, start_step=self.step % run.steps_per_epoch,
+                                      process_index=self.pindex, process_count=self.pcount)
+    for batch in batches:
+      self.state, metrics = self.train_fn(self.state, self.par.put_batch(batch), run.train_rng)
+      self.step += 1
+      self.pending.append(metrics)
+      epoch_end = self.step >= run.total_steps or self.step % run.steps_per_epoch == 0
+      self._after_step(epoch_end, t_epoch)
+      if epoch_end:
+        break
+    self._flush()
+    self.train_seconds += time.perf_counter() - t_epoch
+
+  def _after_step(self, epoch_end: bool, t_epoch: float) -> None:
+    c, step = self.config, self.step
+    log_point = step % c.log_every_steps == 0 or step == self.run.total_steps
+    now = time.perf_counter()
+    if log_point:
+      self._flush()
+      self.writer.write({"step": step, "epoch": self.epoch, "split": "train",
+                         **self.window.means(), "learning_rate": self.last.get("learning_rate"),
+                         "grad_norm": self.last.get("grad_norm")})
+      self.progress.update(step, self.epoch, self.window.means(), log_line=True)
+      self.window = tracking.Means()
+    elif self.progress.mode == "bar" and now - self.last_display > _DISPLAY_SECONDS:
+      # The newest step is probably still running: fetch only those before it.
+      self._flush(keep_last=1)
+      self.progress.update(step, self.epoch, {**self.last, **self.window.means()})
+      self.last_display = now
+    self.progress.advance(step, self.epoch)
+    # At an epoch's last step the interrupt waits for the epoch-end checkpoint, so
+    # every checkpoint at such a step has its epoch closed and no step is saved twice.
+    if not epoch_end and self._stop_requested(step % c.log_every_steps == 0):
+      self._flush()
+      self._save(train_seconds=self.train_seconds + now - t_epoch)
+      raise self._interrupted()
+    if c.checkpoint_every_steps and step % c.checkpoint_every_steps == 0 and not epoch_end:
+      self._flush()
+      self._save(train_seconds=self.train_seconds + now - t_epoch)
+
+  def _flush(self, keep_last: int = 0) -> None:
+    """Fetches pending step metrics and applies the non-finite policy to each step in order."""
+    n = len(self.pending) - keep_last
+    if n <= 0:
+      return
+    first = self.step - len(self.pending) + 1
+    fetched = [self.par.fetch(m) for m in self.pending[:n]]
+    del self.pending[:n]
+    for i, m in enumerate(fetched):
+      event = self.policy.check(first + i, m)
+      if event is not None:  # a skipped step
+        self.meta["events"].append(event)
+        self.writer.write({"step": first + i, "epoch": self.epoch, "split": "train", **event})
         continue
-      train_seconds += time.perf_counter() - t_epoch
+      scalars = {k: float(m[k]) for k in self.train_names}
+      self.epoch_means.add(scalars)
+      self.window.add(scalars)
+      self.last = {k: float(v) for k, v in m.items()}
 
-      # End of an epoch (or of the budget).
-      sums, meta["epoch_sums"] = meta["epoch_sums"], {}
-      n = max(sums.get("n", 0), 1)
-      record = {"epoch": epoch, "step": step, "train_loss": sums.get("loss", float("nan")) / n,
-                "train_accuracy": sums.get("accuracy", float("nan")) / n}
-      val_acc = None
-      if has_val and (epoch % config.eval_every_epochs == 0 or step >= total_steps):
-        val = evaluate("validation")
-        val_acc = val["accuracy"]
-        record.update(val_loss=val["loss"], val_accuracy=val_acc)
-        writer.write({"step": step, "epoch": epoch, "split": "validation",
-                      "loss": val["loss"], "accuracy": val_acc})
-        if meta["best_val_accuracy"] is None or val_acc > meta["best_val_accuracy"]:
-          meta["best_val_accuracy"], meta["best_epoch"] = val_acc, epoch
-      meta["history"].append(record)
+  def _stop_requested(self, sync_point: bool) -> bool:
+    """Whether to stop for a signal. With several processes only at sync points, where
+    every process asks together: the checkpoint that follows is collective, and a
+    process stopping alone would leave the others waiting in it."""
+    if self.pcount == 1:
+      return self.stop.requested
+    return sync_point and self.par.any_process(self.stop.requested)
+
+  def _interrupted(self) -> Interrupted:
+    return Interrupted(f"interrupted by {self.stop.name} at step {self.step} of "
+                       f"{self.run.total_steps}; checkpoint saved, rerun the same command to "
+                       "resume", self.stop.exit_code)
+
+  def _save(self, *, best: float | None = None, train_seconds: float | None = None) -> None:
+    meta = self._meta()
+    if train_seconds is not None:
       meta["train_seconds"] = train_seconds
-      save(val_acc)
-      if stop_requested(True):
-        raise _interrupted(signals.received or signal.SIGTERM, step, total_steps)
-      if val_acc is not None:
-        progress.message(f"epoch {epoch}/{num_epochs}: train loss {record['train_loss']:.4f} "
-                         f"acc {record['train_accuracy']:.4f} | val loss {record['val_loss']:.4f} "
-                         f"acc {val_acc:.4f}")
-    status = "completed"
-  except Interrupted:
-    status = "interrupted"
-    raise
-  except Diverged as e:
-    status = "diverged"
-    meta.setdefault("events", []).append({"event": "stopped", "reason": str(e)})
-    raise
-  finally:
-    progress.close()
-    # Every process builds the summary and takes part in the test evaluation
-    # (a collective with several processes); only the main process writes.
-    if status != "running":
-      summary = _summary(
-          status=status, config=config, meta=meta, step=step, total_steps=total_steps,
-          steps_per_epoch=steps_per_epoch, compile_seconds=compile_seconds,
-          train_seconds=train_seconds, n_params=n_params, par=par, workdir=workdir)
-      if status == "completed":
-        test = evaluate("test")
-        summary.update(test_accuracy=test["accuracy"], test_loss=test["loss"],
-                       test_examples=test["count"])
-    if status != "running" and main:
-      if status == "completed":
-        writer.write({"step": step, "epoch": num_epochs, "split": "test",
-                      "loss": test["loss"], "accuracy": test["accuracy"]})
-        reporting.plot_confusion_matrix(
-            test["confusion"], os.path.join(workdir, "plots", "confusion_matrix.png"),
-            f"{config.model} on {config.dataset} test: accuracy {test['accuracy']:.4f}")
-      if meta["history"]:
-        reporting.plot_learning_curves(
-            meta["history"], os.path.join(workdir, "plots", "learning_curves.png"),
-            f"{config.model} / {config.loss.name} / {config.optimizer.name} on {config.dataset}")
-      reporting.write_json(summary_path, summary)
-    writer.close()
-    checkpointer.close()
-  return summary
+    self.checkpointer.save(self.step, self.par.get_state(self.state), meta, best)
+
+  def _end_epoch(self) -> None:
+    c, run, epoch = self.config, self.run, self.epoch
+    means, self.epoch_means = self.epoch_means.means(), tracking.Means()
+    val, improved = None, False
+    if self.has_val and (epoch % c.eval_every_epochs == 0 or self.step >= run.total_steps):
+      val = self.task.scalars(self._evaluate("validation"))
+      self.writer.write({"step": self.step, "epoch": epoch, "split": "validation", **val})
+      improved = self.best.update(val[self.task.headline], epoch)
+    record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
+    self.meta["history"].append(record)
+    self._save(best=val[self.task.headline] if improved else None)
+    if self._stop_requested(True):
+      raise self._interrupted()
+    if val is not None:
+      shown = self.progress.metrics
+      self.progress.message(f"epoch {epoch}/{run.num_epochs}: " + _pairs(
+          {f"train {k}": record[f"train_{k}"] for k in shown if f"train_{k}" in record}
+          | {f"val {k}": val[k] for k in shown if k in val}))
+
+  def _evaluate(self, split: str) -> dict[str, Any]:
+    sums = tracking.summed(self.eval_fn, self.state, self._eval_batches(split),
+                           self.par.put_batch)
+    return self.task.finalize(self.par.fetch(sums))
+
+  # -- non-finite steps -------------------------------------------------------
+
+  def _nonfinite(self, e: NonFiniteStep) -> None:
+    event = self.policy.event(e.step, e.metric)
+    self.meta["events"].append(event)
+    self.writer.write({"step": e.step, "epoch": self.epoch, "split": "train", **event})
+    if self.config.on_nonfinite == "stop":
+      self.diverged_step = e.step
+      steps = self.checkpointer.steps()
+      kept = (f"the last checkpoint before it (step {steps[-1]}) is in "
+              f"{self.checkpointer.directory}" if steps else "no checkpoint was saved before it")
+      raise Diverged(f"training diverged: the {e.metric} became non-finite at step {e.step} "
+                     f"(on_nonfinite='stop'); {kept}")
+    self._rollback(e)
+
+  def _rollback(self, e: NonFiniteStep) -> None:
+    """Back to the last checkpoint (or the start) with a smaller learning rate."""
+    self.policy.start_rollback(e)
+    # The factor compounds over rollbacks, also when two of them return to the same
+    # checkpoint (whose meta holds the factor it was saved with).
+    lr_scale = self.meta.get("lr_scale", 1.0) * self.config.rollback_lr_factor
+    events = self.meta["events"]
+    back = self.checkpointer.restore_latest(self.template)
+    if back is None:
+      step, state, meta = 0, self.initial, {**self.meta, "history": [], "epoch_sums": {},
+                                            "best_value": None, "best_epoch": None,
+                                            "train_seconds": self.train_seconds}
+    else:
+      step, state, meta = back
+    self._load_meta({**meta, "events": events, "lr_scale": lr_scale})
+    self.step = step
+    self.state = self.par.put_state(self.run.with_learning_rate_scale(state, lr_scale))
+    self.pending.clear()
+    self.writer.write({"step": step, "epoch": self.epoch, "split": "train", "event": "rollback",
+                       "lr_scale": lr_scale, "from_step": e.step})
+    self.progress.message(f"non-finite {e.metric} at step {e.step}: rolled back to step {step}, "
+                          f"learning rate x{lr_scale:g}")
+
+  # -- the end ----------------------------------------------------------------
+
+  def _finish(self, status: str) -> dict[str, Any]:
+    from cnnjax.reporting import plots  # pylint: disable=g-import-not-at-top
+    summary = _summary(self, status)
+    test = None
+    if status == "completed":
+      test = self._evaluate("test")
+      summary.update({f"test_{k}": v for k, v in self.task.scalars(test).items()},
+                     test_examples=test["count"])
+    if not self.main:
+      return summary
+    c, plot_dir = self.config, os.path.join(self.workdir, "plots")
+    title = f"{c.model} on {c.dataset}"
+    if test is not None:
+      self.writer.write({"step": self.step, "epoch": self.run.num_epochs, "split": "test",
+                         **self.task.scalars(test)})
+      self.task.report(plot_dir, test, title)
+    if self.meta["history"]:
+      plots.plot_learning_curves(self.meta["history"], os.path.join(plot_dir, "learning_curves.png"),
+                                 f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
+                                 metrics=("loss", self.task.headline))
+    reporting.write_json(os.path.join(self.workdir, "summary.json"), summary)
+    return summary
 
 
-def _interrupted(signum: int, step: int, total_steps: int) -> Interrupted:
-  return Interrupted(
-      f"interrupted by {signal.Signals(signum).name} at step {step} of {total_steps}; "
-      "checkpoint saved, rerun the same command to resume", 128 + signum)
+def _pairs(values: dict[str, float]) -> str:
+  return ", ".join(f"{k} {reporting.format_value(v)}" for k, v in values.items())
 
 
-class _NonFinite(Exception):
-
-  def __init__(self, step: int, metric: str):
-    super().__init__(f"non-finite {metric} at step {step}")
-    self.step, self.metric = step, metric
-
-
-def _summary(*, status, config, meta, step, total_steps, steps_per_epoch, compile_seconds,
-             train_seconds, n_params, par, workdir) -> dict[str, Any]:
-  history = meta["history"]
-  last = history[-1] if history else {}
+def _summary(t: _Trainer, status: str) -> dict[str, Any]:
+  from cnnjax.training import manifest  # pylint: disable=g-import-not-at-top
+  c, run, history = t.config, t.run, t.meta["history"]
+  last, headline = (history[-1] if history else {}), t.task.headline
+  steps = t.diverged_step if t.diverged_step is not None else t.step
   return {
-      "status": status,
-      "workdir": workdir,
-      "dataset": config.dataset,
-      "model": config.model,
-      "loss": config.loss.name,
-      "optimizer": config.optimizer.name,
-      "seed": config.seed,
-      "epochs": len(history),
-      "steps": step,
-      "total_steps": total_steps,
-      "steps_per_epoch": steps_per_epoch,
-      "batch_size": config.batch_size,
-      "num_params": n_params,
-      "final_train_loss": last.get("train_loss"),
-      "final_train_accuracy": last.get("train_accuracy"),
-      "final_val_accuracy": last.get("val_accuracy"),
-      "best_val_accuracy": meta["best_val_accuracy"],
-      "best_epoch": meta["best_epoch"],
-      "history": history,
-      "events": meta["events"],
-      "compile_seconds": compile_seconds,
-      "train_seconds": train_seconds,
-      "examples_per_sec": step * config.batch_size / train_seconds if train_seconds else None,
-      "parallel": par.mode,
-      "devices": [str(d) for d in par.devices],
-      "process_count": jax.process_count(),
-      "versions": manifest_lib.package_versions(),
+      "status": status, "workdir": t.workdir, "task": c.task, "dataset": c.dataset,
+      "model": c.model, "loss": c.loss.name, "optimizer": c.optimizer.name, "seed": c.seed,
+      "headline": headline, "epochs": len(history), "steps": steps,
+      "total_steps": run.total_steps, "steps_per_epoch": run.steps_per_epoch,
+      "batch_size": c.batch_size, "num_params": run.num_params,
+      **{f"final_train_{k}": last.get(f"train_{k}") for k in t.train_names},
+      f"final_val_{headline}": last.get(f"val_{headline}"),
+      f"best_val_{headline}": t.best.value, "best_epoch": t.best.epoch,
+      "history": history, "events": t.meta["events"],
+      "setup_seconds": t.setup_seconds, "compile_seconds": t.compile_seconds,
+      "train_seconds": t.train_seconds,
+      "examples_per_sec": steps * c.batch_size / t.train_seconds if t.train_seconds else None,
+      "parallel": t.par.mode, "devices": [str(d) for d in t.par.devices],
+      "process_count": jax.process_count(), "versions": manifest.package_versions(),
+      **({"diverged_step": t.diverged_step} if t.diverged_step is not None else {}),
   }
 
 
 def results_table(summary: dict[str, Any]) -> str:
   """The short table printed at the end of a run."""
+  h = summary.get("headline", "accuracy")
+  best = summary.get(f"best_val_{h}")
   rows = [
-      ["test accuracy", summary.get("test_accuracy")],
+      [f"test {h}", summary.get(f"test_{h}")],
       ["test loss", summary.get("test_loss")],
-      ["best val accuracy", f"{summary.get('best_val_accuracy')} (epoch {summary.get('best_epoch')})"],
+      [f"best val {h}", "n/a" if best is None else
+       f"{reporting.format_value(best)} (epoch {summary.get('best_epoch')})"],
       ["epochs / steps", f"{summary['epochs']} / {summary['steps']}"],
-      ["parameters", f"{summary['num_params']:,}"],
+      ["parameters", summary["num_params"]],
       ["compile seconds", summary["compile_seconds"]],
       ["train seconds", summary["train_seconds"]],
       ["examples / second", summary.get("examples_per_sec")],
       ["status", summary["status"]],
   ]
-  rows = [[k, "n/a" if v is None else v] for k, v in rows]
-  return reporting.format_table(rows, header=["result", "value"])
+  return reporting.table(rows, ["result", "value"])

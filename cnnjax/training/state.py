@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -41,6 +42,40 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return jax.random.key(seed, impl="rbg"), jax.random.key(seed)
 
 
+def make_initializer(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    input_shape: tuple[int, ...],
+    *,
+    ema_decay: float = 0.0,
+) -> Callable[[jax.Array], TrainState]:
+  """``init(key) -> TrainState`` for ``model`` on a dummy batch of ``input_shape`` (H, W, C).
+
+  Parameters and optimizer state are built in one jitted call, compiled once per
+  initializer: run eagerly, every initializer and optimizer-state op would be compiled
+  on its own, which costs more than compiling them together once. Runs that differ only
+  in their seed (a study group) share one initializer, so their states also share the
+  same ``apply_fn`` and ``tx`` and stack into one pytree.
+  """
+
+  @jax.jit
+  def variables(key):
+    v = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32),
+                   train=False)
+    params = v["params"]
+    return (params, v.get("batch_stats", {}), tx.init(params),
+            params if ema_decay > 0 else None)
+
+  def init(key: jax.Array) -> TrainState:
+    params, batch_stats, opt_state, ema_params = variables(key)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
+        opt_state=opt_state, batch_stats=batch_stats, ema_params=ema_params,
+        ema_decay=float(ema_decay), nonfinite_count=jnp.zeros((), jnp.int32))
+
+  return init
+
+
 def create_train_state(
     rng: jax.Array,
     model: nn.Module,
@@ -49,26 +84,8 @@ def create_train_state(
     *,
     ema_decay: float = 0.0,
 ) -> TrainState:
-  """Initialises ``model`` on a dummy batch of ``input_shape`` (H, W, C).
-
-  Parameters and optimizer state are built in one jitted call: run eagerly,
-  every initializer and optimizer-state op would be compiled on its own, which
-  costs more than compiling them together once.
-  """
-
-  @jax.jit
-  def init(key):
-    variables = model.init(
-        {"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32), train=False)
-    params = variables["params"]
-    return (params, variables.get("batch_stats", {}), tx.init(params),
-            params if ema_decay > 0 else None)
-
-  params, batch_stats, opt_state, ema_params = init(rng)
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
-      opt_state=opt_state, batch_stats=batch_stats, ema_params=ema_params,
-      ema_decay=float(ema_decay), nonfinite_count=jnp.zeros((), jnp.int32))
+  """Initialises ``model`` on a dummy batch of ``input_shape`` (see `make_initializer`)."""
+  return make_initializer(model, tx, input_shape, ema_decay=ema_decay)(rng)
 
 
 def num_params(params) -> int:

@@ -1,8 +1,9 @@
-"""Pure train and eval steps. Every side effect lives in `loop.py`.
+"""Pure train and eval steps, written against a `cnnjax.tasks.Task`. Side effects live in `loop.py`.
 
 `train_step` and `eval_step` are written once for every parallel mode: under
 `jax.pmap` they receive ``axis_name`` and average with `lax.pmean`; under a
 sharded `jax.jit` the batch is one global array and XLA inserts the collectives.
+They never look at a label: the task's loss and metric functions do.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from cnnjax import optimizers
-from cnnjax.models import fast_ops
+from cnnjax.tasks import Task, TaskLoss
 from cnnjax.training.state import TrainState
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits [B, C], labels [B]) -> [B]
 AugmentFn = Callable[[jax.Array, jax.Array], jax.Array]  # (key, image [H, W, C]) -> image
 
 
@@ -32,29 +32,57 @@ def _example_keys(rng: jax.Array, batch_size: int, axis_name: str | None) -> jax
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(batch_size))
 
 
-def _forward_backward(state: TrainState, params, batch_stats, images, labels, dropout_rng,
-                      loss_fn: LossFn):
-  """Loss, accuracy, gradients and new BatchNorm statistics for one (micro-)batch."""
+def _forward_backward(state: TrainState, batch_stats, batch, dropout_rng, task: Task,
+                      loss_fn: TaskLoss):
+  """Loss, task metrics, gradients and new BatchNorm statistics for one (micro-)batch."""
 
   def objective(p):
     variables = {"params": p}
     if batch_stats:
       variables["batch_stats"] = batch_stats
-      logits, updates = state.apply_fn(
-          variables, images, train=True, mutable=["batch_stats"], rngs={"dropout": dropout_rng})
+      outputs, updates = state.apply_fn(variables, batch["image"], train=True,
+                                        mutable=["batch_stats"], rngs={"dropout": dropout_rng})
       new_stats = updates["batch_stats"]
     else:
-      logits = state.apply_fn(variables, images, train=True, rngs={"dropout": dropout_rng})
+      outputs = state.apply_fn(variables, batch["image"], train=True,
+                               rngs={"dropout": dropout_rng})
       new_stats = batch_stats
-    loss = jnp.mean(loss_fn(logits, labels))
-    return loss, (logits, new_stats)
+    return jnp.mean(loss_fn(outputs, batch)), (outputs, new_stats)
 
-  (loss, (logits, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-  accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-  return loss, accuracy, grads, new_stats
+  (loss, (outputs, new_stats)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+  return loss, task.train_metrics(outputs, batch), grads, new_stats
 
 
-def _checked_sum_of_squares(grads) -> jax.Array:
+def _accumulated(state, batch, dropout_rng, task, loss_fn, microbatches: int):
+  """`_forward_backward` over ``microbatches`` equal parts, gradients and metrics averaged."""
+  size = jax.tree.leaves(batch)[0].shape[0]
+  if size % microbatches:
+    raise ValueError(
+        f"Per-device batch ({size}) must be divisible by microbatches ({microbatches})")
+  parts = jax.tree.map(lambda x: x.reshape(microbatches, -1, *x.shape[1:]), batch)
+
+  def body(carry, xs):
+    grad_sum, stats, loss_sum, metric_sums = carry
+    part, i = xs
+    loss, metrics, grads, stats = _forward_backward(
+        state, stats, part, jax.random.fold_in(dropout_rng, i), task, loss_fn)
+    return (jax.tree.map(jnp.add, grad_sum, grads), stats, loss_sum + loss,
+            jax.tree.map(jnp.add, metric_sums, metrics)), None
+
+  zero_metrics = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(
+      lambda: _forward_backward(state, state.batch_stats,
+                                jax.tree.map(lambda x: x[0], parts), dropout_rng, task,
+                                loss_fn)[1]))
+  init = (jax.tree.map(jnp.zeros_like, state.params), state.batch_stats, jnp.zeros(()),
+          zero_metrics)
+  (grad_sum, new_stats, loss_sum, metric_sums), _ = lax.scan(
+      body, init, (parts, jnp.arange(microbatches)))
+  average = lambda x: x / microbatches
+  return (average(loss_sum), jax.tree.map(average, metric_sums),
+          jax.tree.map(average, grad_sum), new_stats)
+
+
+def checked_sum_of_squares(grads) -> jax.Array:
   """Sum over every gradient entry of g * (g + g*0), one pass over the gradients.
 
   g + g*0 is g when g is finite and NaN for +-inf or NaN, and a sum of finite
@@ -66,9 +94,9 @@ def _checked_sum_of_squares(grads) -> jax.Array:
   alternating windows: 1,925-1,940 -> 1,964-1,974 images/s).
 
   Examples:
-    >>> float(_checked_sum_of_squares({"a": jnp.array([3.0, -4.0])}))
+    >>> float(checked_sum_of_squares({"a": jnp.array([3.0, -4.0])}))
     25.0
-    >>> bool(jnp.isnan(_checked_sum_of_squares({"a": jnp.array([1.0, -jnp.inf])})))
+    >>> bool(jnp.isnan(checked_sum_of_squares({"a": jnp.array([1.0, -jnp.inf])})))
     True
   """
   def one(g):
@@ -86,7 +114,7 @@ MICROBATCH_MAX_PARAMS = 1_000_000
 
 def resolve_microbatches(requested: int, *, per_device_batch: int, has_batch_norm: bool,
                          backend: str, num_params: int = 0) -> int:
-  """The number of micro-batches a step splits its batch into; ``requested=0`` means auto.
+  """How many parts a step splits its batch into (a CPU speed lever); ``requested=0`` = auto.
 
   Auto splits only on CPU, only models without BatchNorm (whose update does
   not depend on the split, up to float32 rounding) and with fewer than
@@ -94,7 +122,8 @@ def resolve_microbatches(requested: int, *, per_device_batch: int, has_batch_nor
   examples. Measured on the 2-core CPU at batch 128 with the default
   "hybrid" fast_ops (docs/performance.md): keras_cifar_cnn (122,570
   parameters) 3,608 / 4,094 images/s with 1 / 2 parts (earlier: 3,990 with 4,
-  3,545 with 8); mnist_cnn (3.27M) 1,927 / 1,809 with 1 / 2 parts.
+  3,545 with 8); mnist_cnn (3.27M) 1,927 / 1,809 with 1 / 2 parts. Not a config
+  key: gradient accumulation across batches is ``optimizer.grad_accum_steps``.
   """
   if requested > 0:
     return requested
@@ -110,104 +139,87 @@ def train_step(
     batch: dict[str, jax.Array],
     rng: jax.Array,
     *,
-    loss_fn: LossFn,
+    task: Task,
+    loss_fn: TaskLoss,
     augment_fn: AugmentFn | None = None,
     microbatches: int = 1,
     axis_name: str | None = None,
     skip_nonfinite: bool = False,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One optimizer update on ``batch`` = {image [B, H, W, C], label [B]}.
+  """One optimizer update on ``batch`` = {image [B, H, W, C], the task's fields}.
 
   Args:
     state: the current train state.
     batch: this device's share of the global batch.
     rng: the run's root key; the step's key is ``fold_in(rng, state.step)``.
-    loss_fn: per-example loss of (logits, labels), see
-      `cnnjax.losses.for_classification`; reduced here with a plain mean.
-    augment_fn: per-example augmentation, or None.
+    task: says which metrics accompany the loss (`Task.train_metrics`).
+    loss_fn: per-example loss ``(outputs, batch) -> [B]`` (`Task.make_loss`),
+      reduced here with a plain mean.
+    augment_fn: per-example image augmentation, or None.
     microbatches: split the batch into this many equal parts whose gradients
-      are accumulated inside the step (same result for models without
-      BatchNorm; a speed lever on CPU).
+      are averaged inside the step (same update for models without BatchNorm,
+      up to rounding; a speed lever on CPU).
     axis_name: the `pmap` axis to average gradients and metrics over.
     skip_nonfinite: keep the old state when the loss or a gradient is not
-      finite, and count the event.
+      finite, and count the event in ``state.nonfinite_count``.
 
   Returns:
-    The new state and scalar metrics: loss, accuracy, grad_norm,
-    learning_rate, nonfinite (1.0 when this step's update was not finite).
+    The new state and scalar metrics: loss, the task's training metrics,
+    grad_norm, learning_rate, nonfinite (1.0 when this step's update was not finite).
   """
   rng = jax.random.fold_in(rng, state.step)
   aug_rng, dropout_rng = jax.random.split(rng)
-  images, labels = batch["image"], batch["label"]
   if augment_fn is not None:
-    keys = _example_keys(aug_rng, images.shape[0], axis_name)
-    images = jax.vmap(augment_fn)(keys, images)
+    keys = _example_keys(aug_rng, batch["image"].shape[0], axis_name)
+    batch = {**batch, "image": jax.vmap(augment_fn)(keys, batch["image"])}
   if axis_name is not None:
     dropout_rng = jax.random.fold_in(dropout_rng, lax.axis_index(axis_name))
 
   if microbatches == 1:
-    loss, accuracy, grads, new_stats = _forward_backward(
-        state, state.params, state.batch_stats, images, labels, dropout_rng, loss_fn)
+    loss, metrics, grads, new_stats = _forward_backward(
+        state, state.batch_stats, batch, dropout_rng, task, loss_fn)
   else:
-    if images.shape[0] % microbatches:
-      raise ValueError(
-          f"Per-device batch ({images.shape[0]}) must be divisible by microbatches ({microbatches})")
-    split = lambda x: x.reshape(microbatches, -1, *x.shape[1:])
-
-    def body(carry, xs):
-      grad_sum, stats, loss_sum, acc_sum = carry
-      mb_images, mb_labels, i = xs
-      loss, acc, grads, stats = _forward_backward(
-          state, state.params, stats, mb_images, mb_labels,
-          jax.random.fold_in(dropout_rng, i), loss_fn)
-      grad_sum = jax.tree.map(jnp.add, grad_sum, grads)
-      return (grad_sum, stats, loss_sum + loss, acc_sum + acc), None
-
-    zeros = jax.tree.map(jnp.zeros_like, state.params)
-    init = (zeros, state.batch_stats, jnp.zeros(()), jnp.zeros(()))
-    (grad_sum, new_stats, loss_sum, acc_sum), _ = lax.scan(
-        body, init, (split(images), split(labels), jnp.arange(microbatches)))
-    grads = jax.tree.map(lambda g: g / microbatches, grad_sum)
-    loss, accuracy = loss_sum / microbatches, acc_sum / microbatches
-
+    loss, metrics, grads, new_stats = _accumulated(
+        state, batch, dropout_rng, task, loss_fn, microbatches)
   if axis_name is not None:
     grads = lax.pmean(grads, axis_name)
-    loss, accuracy = lax.pmean((loss, accuracy), axis_name)
+    loss, metrics = lax.pmean((loss, metrics), axis_name)
     # Under bn_sync="per_device" each device keeps its own statistics in the
     # step; the copies are averaged so the replicated state stays identical.
     new_stats = lax.pmean(new_stats, axis_name)
+  return _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite)
 
+
+def _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite: bool):
   new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
   if state.ema_params is not None:
     d = state.ema_decay
     new_state = new_state.replace(ema_params=jax.tree.map(
         lambda e, p: d * e + (1.0 - d) * p, state.ema_params, new_state.params))
-
-  sum_sq = _checked_sum_of_squares(grads)
+  sum_sq = checked_sum_of_squares(grads)
   finite = jnp.isfinite(loss) & ~jnp.isnan(sum_sq)
   if skip_nonfinite:
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
     new_state = new_state.replace(
         step=state.step + 1, nonfinite_count=state.nonfinite_count + (~finite).astype(jnp.int32))
-
-  metrics = {
+  return new_state, {
       "loss": loss,
-      "accuracy": accuracy,
+      **metrics,
       "grad_norm": jnp.sqrt(sum_sq),
       # NaN for a hand-made optax chain, which does not expose its rate.
       "learning_rate": (optimizers.learning_rate(state.opt_state)
                         if optimizers.has_learning_rate(state.opt_state) else jnp.nan),
       "nonfinite": (~finite).astype(jnp.float32),
   }
-  return new_state, metrics
 
 
 def eval_step(
     state: TrainState,
     batch: dict[str, jax.Array],
     *,
-    loss_fn: LossFn,
-    num_classes: int,
+    task: Task,
+    loss_fn: TaskLoss,
+    apply_fn: Callable | None = None,
     axis_name: str | None = None,
 ) -> dict[str, jax.Array]:
   """Summed metrics over the valid (``mask`` = 1) examples of ``batch``.
@@ -215,26 +227,26 @@ def eval_step(
   Sums, not means, so that batches (and devices) merge by addition and a
   padded last batch counts each real example exactly once.
 
+  Args:
+    state: the train state (its EMA parameters when it keeps them).
+    batch: {image, mask, the task's fields}.
+    task: adds its sums (`Task.eval_sums`).
+    loss_fn: the run's per-example loss.
+    apply_fn: the model's apply for evaluation (e.g. a forward-only formulation of
+      the same module); default ``state.apply_fn``.
+    axis_name: the `pmap` axis to sum over.
+
   Returns:
-    loss_sum, correct, count, and confusion [num_classes, num_classes]
-    (rows: true label, columns: prediction).
+    ``loss_sum``, ``count`` and the task's sums.
   """
   variables = {"params": state.eval_params()}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
-  with fast_ops.forward_only():
-    logits = state.apply_fn(variables, batch["image"], train=False)
-  labels, mask = batch["label"], batch["mask"]
-  per_example = loss_fn(logits, labels)
-  predictions = jnp.argmax(logits, -1)
-  confusion = jnp.einsum(
-      "b,bi,bj->ij", mask, jax.nn.one_hot(labels, num_classes), jax.nn.one_hot(predictions, num_classes))
-  metrics = {
-      "loss_sum": jnp.sum(jnp.where(mask > 0, per_example, 0.0)),
-      "correct": jnp.sum(mask * (predictions == labels)),
-      "count": jnp.sum(mask),
-      "confusion": confusion,
-  }
+  outputs = (apply_fn or state.apply_fn)(variables, batch["image"], train=False)
+  per_example = loss_fn(outputs, batch)
+  mask = batch["mask"]
+  metrics = {"loss_sum": jnp.sum(jnp.where(mask > 0, per_example, 0.0)), "count": jnp.sum(mask),
+             **task.eval_sums(outputs, batch)}
   if axis_name is not None:
     metrics = lax.psum(metrics, axis_name)
   return metrics

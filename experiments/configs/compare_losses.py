@@ -43,5 +43,5 @@ def get_config() -> ml_collections.ConfigDict:
       "categorical_hinge",
   )
   c.seeds = (0, 1, 2)
-  c.target_accuracy = 0.97
+  c.target = 0.97
   return c

@@ -33,5 +33,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rates = ()
   c.losses = ("sparse_categorical_cross_entropy",)
   c.seeds = (0, 1, 2)
-  c.target_accuracy = 0.97
+  c.target = 0.97
   return c

@@ -30,5 +30,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rates = (1e-3, 1e-2, 1e-1, 1.0)
   c.losses = ("sparse_categorical_cross_entropy",)
   c.seeds = (0, 1, 2)
-  c.target_accuracy = 0.97
+  c.target = 0.97
   return c

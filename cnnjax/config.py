@@ -1,0 +1,237 @@
+"""The config schema: every key cnnjax knows, its one default, and `validate`.
+
+`get_config()` returns the schema with its defaults. Experiment configs
+(``experiments/configs/*.py``) start from it and override only what differs, so a key
+never has two defaults; `python -m experiments.main` locks the config, so an override
+of a key that is not listed here is refused. `validate(config)` checks a whole config
+once per run, before any data is read or anything is compiled, and raises a one-line
+`ValueError` naming the key, the bad value and what is accepted.
+
+    >>> config = get_config()
+    >>> config.task, config.dataset, config.model
+    ('classification', 'digits', 'bn_cnn')
+    >>> validate(config)
+    >>> config.loss.gamma = 2.0  # sparse_categorical_cross_entropy takes no gamma
+    >>> validate(config)
+    Traceback (most recent call last):
+    ...
+    ValueError: loss.gamma is not an option of sparse_categorical_cross_entropy; accepted: [class_weights, ignore_index, label_smoothing] (None unsets an option)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+__all__ = ["LOSS_OPTIONS", "check_choice", "get_config", "validate"]
+
+DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("stop", "skip", "rollback")
+PROGRESS = ("auto", "bar", "log", "none")
+
+# Every keyword option of a loss that a config can set, with its type; None means "the
+# loss's own default". `validate` refuses a set option that the named loss does not take.
+LOSS_OPTIONS: dict[str, type] = {
+    "label_smoothing": float,  # cross-entropies, focal, poly1, gan_discriminator
+    "gamma": float,            # focal, binary_focal
+    "alpha": float,            # focal, binary_focal, tversky
+    "beta": float,             # tversky, smooth_l1
+    "delta": float,            # huber
+    "margin": float,           # multi_margin, contrastive, hinge_embedding, triplet_margin
+    "p": float,                # multi_margin (1 or 2), triplet_margin (norm degree)
+    "epsilon": float,          # poly1_cross_entropy
+    "eps": float,              # gaussian_nll, poisson, triplet_margin
+    "smooth": float,           # dice, tversky, dice_cross_entropy
+    "dice_weight": float,      # dice_cross_entropy
+    "ce_weight": float,        # dice_cross_entropy
+    "class_weights": tuple,    # sparse_categorical_cross_entropy, multi_margin: [num_classes]
+    "ignore_index": int,       # sparse_categorical_cross_entropy
+    "swap": bool,              # triplet_margin
+    "full": bool,              # gaussian_nll
+}
+
+
+def _loss_section() -> ml_collections.ConfigDict:
+  section = {"name": "sparse_categorical_cross_entropy"}
+  section.update({k: config_dict.placeholder(t) for k, t in LOSS_OPTIONS.items()})
+  return ml_collections.ConfigDict(section)
+
+
+def _optimizer_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      name="adam",
+      learning_rate=config_dict.placeholder(float),  # None = the optimizer's default
+      momentum=config_dict.placeholder(float),       # None = the optimizer's default
+      b1=config_dict.placeholder(float),
+      b2=config_dict.placeholder(float),
+      eps=config_dict.placeholder(float),
+      schedule="constant",    # constant | cosine | warmup_cosine | step | exponential |
+                              # linear | onecycle | cosine_restarts
+      warmup_steps=0,         # linear warmup from 0, in optimizer updates
+      end_learning_rate_factor=0.0,  # final lr = factor * lr (cosine, linear, exponential)
+      step_boundaries=(0.5, 0.75),   # fractions of training (step schedule)
+      step_factor=0.1,
+      restart_period_fraction=0.25,  # cosine_restarts: cycle length / training (whole cycles)
+      weight_decay=config_dict.placeholder(float),   # decoupled, kernels; None = optimizer default
+      l2=0.0,                 # coupled: 0.5 * l2 * ||w||^2 added to the loss (kernels only)
+      clip_global_norm=0.0,   # 0 = off
+      clip_value=0.0,         # 0 = off
+      grad_accum_steps=1,     # gradient accumulation: one update per k batches (their mean)
+      ema_decay=0.0,          # > 0: evaluate with an EMA of the parameters
+  ))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The schema: every key with its one default."""
+  c = ml_collections.ConfigDict()
+
+  # What is learned.
+  c.task = "classification"   # see cnnjax.tasks
+  c.dataset = "digits"        # see cnnjax.data.catalog (digits is embedded, offline)
+  c.data_dir = ""             # "" means $CNNJAX_DATA_DIR, else ~/tensorflow_datasets
+  c.validation_fraction = 0.1  # carved deterministically from the train split; 0 = none
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_padding=0,         # random crop after zero padding by this many pixels (a shift)
+      flip=False,             # random horizontal flip
+      rotation_degrees=0.0,   # random rotation in [-d, d]
+      scale=0.0,              # random zoom in [1 - s, 1 + s]
+      cutout=0,               # side of a zeroed square at a random place (0 = off)
+  ))
+
+  # Model.
+  c.model = "bn_cnn"          # see cnnjax.models
+  c.dropout_rate = config_dict.placeholder(float)  # None = the model's own default
+  c.dtype = "float32"         # compute dtype: float32 | bfloat16 (parameters stay float32)
+
+  # Budget.
+  c.num_epochs = 30
+  c.num_train_steps = 0       # > 0 overrides num_epochs
+  c.batch_size = 32           # global batch, over all devices and processes
+  c.eval_batch_size = 512
+  c.seed = 0
+
+  # Loss: `name` plus the options of that loss (README, "Losses"); unset options are None.
+  c.loss = _loss_section()
+  # Optimizer (README, "Optimizers").
+  c.optimizer = _optimizer_section()
+
+  # Devices.
+  c.parallel = "auto"         # auto | none | pmap | sharded
+  c.bn_sync = "global"        # global | per_device
+  c.distributed = False       # call jax.distributed.initialize (auto on SLURM/TPU/MPI)
+
+  # Bookkeeping.
+  c.log_every_steps = 50
+  c.eval_every_epochs = 1
+  c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
+  c.keep_checkpoints = 2
+  c.on_nonfinite = "stop"     # stop | skip (keep the old state, count) | rollback
+  c.max_consecutive_nonfinite = 10
+  c.rollback_lr_factor = 0.5
+  c.progress = "auto"         # auto (bar on a terminal, else log lines) | bar | log | none
+  return c
+
+
+# ------------------------------------------------------------------------ validation
+
+
+def check_choice(key: str, value: Any, choices) -> None:
+  """Raises ValueError unless ``value`` is one of ``choices``."""
+  if value not in choices:
+    raise ValueError(f"{key}={value!r} is not accepted; expected one of {sorted(choices)}")
+
+
+def _check(ok: bool, key: str, value: Any, accepted: str) -> None:
+  if not ok:
+    raise ValueError(f"{key}={value!r} is invalid; {accepted}")
+
+
+def _is_int(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _key_differences(config: Mapping, schema: Mapping, prefix: str = "") -> tuple[list, list]:
+  unknown, missing = [], []
+  for k in config:
+    if k not in schema:
+      unknown.append(prefix + k)
+    elif isinstance(config[k], Mapping) and isinstance(schema[k], Mapping):
+      u, m = _key_differences(config[k], schema[k], f"{prefix}{k}.")
+      unknown += u
+      missing += m
+  missing += [prefix + k for k in schema if k not in config]
+  return unknown, missing
+
+
+def _check_keys(config: ml_collections.ConfigDict) -> None:
+  unknown, missing = _key_differences(config.to_dict(), get_config().to_dict())
+  if unknown:
+    raise ValueError(f"unknown config key(s) {unknown}; the accepted keys and their defaults "
+                     "are in cnnjax/config.py")
+  if missing:
+    raise ValueError(f"config lacks key(s) {missing}; start from cnnjax.config.get_config() "
+                     "(or experiments/configs/base.py)")
+
+
+def _check_numbers(c: ml_collections.ConfigDict) -> None:
+  for key in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_epochs",
+              "keep_checkpoints", "max_consecutive_nonfinite"):
+    _check(_is_int(c[key]) and c[key] > 0, key, c[key], "expected an integer > 0")
+  for key in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed"):
+    _check(_is_int(c[key]) and c[key] >= 0, key, c[key], "expected an integer >= 0")
+  if c.num_epochs == 0 and c.num_train_steps == 0:
+    raise ValueError("num_epochs=0 and num_train_steps=0: nothing to train; set one of them > 0")
+  # The same range `cnnjax.data.Dataset` accepts: 0 means no validation split.
+  _check(_is_number(c.validation_fraction) and 0.0 <= c.validation_fraction < 1.0,
+         "validation_fraction", c.validation_fraction,
+         "expected a fraction in [0, 1) (0 = no validation split)")
+  if c.dropout_rate is not None:
+    _check(0.0 <= c.dropout_rate < 1.0, "dropout_rate", c.dropout_rate,
+           "expected a rate in [0, 1), or None for the model's default")
+  _check(_is_number(c.rollback_lr_factor) and 0.0 < c.rollback_lr_factor < 1.0,
+         "rollback_lr_factor", c.rollback_lr_factor, "expected a factor in (0, 1)")
+  a = c.augment
+  for key in ("crop_padding", "cutout"):
+    _check(_is_int(a[key]) and a[key] >= 0, f"augment.{key}", a[key], "expected an integer >= 0")
+  _check(_is_number(a.rotation_degrees) and 0.0 <= a.rotation_degrees <= 180.0,
+         "augment.rotation_degrees", a.rotation_degrees, "expected degrees in [0, 180]")
+  _check(_is_number(a.scale) and 0.0 <= a.scale < 1.0, "augment.scale", a.scale,
+         "expected a fraction in [0, 1)")
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Checks every key of ``config``; raises ValueError (one line) for the first bad one.
+
+  Covers the key set (unknown or missing keys), every choice and range, the loss
+  (it must fit the task and take the options that are set) and the optimizer
+  section. Reads no data and compiles nothing.
+  """
+  # Imported here: a config file imports this module, and must stay instant to load.
+  from cnnjax import models, optimizers, parallel, tasks  # pylint: disable=g-import-not-at-top
+  from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
+
+  _check_keys(config)
+  check_choice("task", config.task, tasks.names())
+  check_choice("dataset", config.dataset, catalog.DATASETS)
+  check_choice("model", config.model, models.MODELS)
+  check_choice("dtype", config.dtype, DTYPES)
+  check_choice("parallel", config.parallel, parallel.MODES)
+  check_choice("bn_sync", config.bn_sync, parallel.BN_SYNC)
+  check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
+  check_choice("progress", config.progress, PROGRESS)
+  _check_numbers(config)
+  task = tasks.get_task(config.task, catalog.dataset_info(config.dataset))
+  task.check_loss(config.loss)
+  optimizers.validate(config.optimizer)
+
+
+def loss_options(loss_config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The options set in a ``loss`` section (every key but ``name`` whose value is not None)."""
+  return {k: v for k, v in loss_config.items() if k != "name" and v is not None}

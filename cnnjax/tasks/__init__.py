@@ -1,0 +1,38 @@
+"""Tasks: what a batch holds, how the output head is sized, the loss, the metrics.
+
+`config.task` names one of `TASKS`; `get_task(name, info)` builds it for a dataset.
+See `cnnjax.tasks.base.Task` for the interface the trainer calls.
+
+    >>> from cnnjax.data import catalog
+    >>> task = get_task("classification", catalog.dataset_info("digits"))
+    >>> task.headline, task.output_size
+    ('accuracy', 10)
+"""
+
+from __future__ import annotations
+
+from cnnjax.tasks.base import Task, TaskLoss, masked_sum
+from cnnjax.tasks.classification import Classification
+
+TASKS: dict[str, type[Task]] = {
+    Classification.name: Classification,
+}
+
+
+def names() -> list[str]:
+  """The sorted task names."""
+  return sorted(TASKS)
+
+
+def get_task(name: str, info) -> Task:
+  """Task ``name`` for the dataset described by ``info`` (a `cnnjax.data.DatasetInfo`).
+
+  Raises:
+    ValueError: an unknown task name (the message lists the known ones).
+  """
+  if name not in TASKS:
+    raise ValueError(f"task={name!r} is not accepted; expected one of {names()}")
+  return TASKS[name](info)
+
+
+__all__ = ["Classification", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]

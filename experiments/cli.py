@@ -1,0 +1,165 @@
+"""What every cnnjax command-line entry point shares.
+
+* **Process settings** (`configure_process`): the entry point, not the library, applies
+  `cnnjax.cpu_runtime.configure` (XLA CPU flags, glibc malloc thresholds) before JAX's
+  first computation, and sets how much libraries log (warnings and above by default,
+  everything with ``--verbose``).
+* **Bad input is one line and exit code 2** (`run`): flag errors, a ``--config`` file
+  that is missing, does not parse or whose ``get_config()`` raises, and any
+  `ValueError` / `TypeError` the command raises for its input; ``--verbose`` shows
+  the traceback.
+* **Ctrl-C before training** ends the process with 130 and one line.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+import re
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+
+from absl import app, flags, logging
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3
+
+
+class BadInput(Exception):
+  """Raised by an entry point for input it refuses; printed as one line, exit 2."""
+
+
+def verbose(argv: Sequence[str] | None = None) -> bool:
+  """Whether ``--verbose`` is on (read from argv: it must work before flags are parsed)."""
+  return any(a in ("--verbose", "--verbose=true", "--verbose=True")
+             for a in (sys.argv if argv is None else argv))
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT, *, exc: BaseException | None = None):
+  """Prints ``error: <first line of message>`` on stderr and exits with ``code``."""
+  if exc is not None and verbose():
+    traceback.print_exception(exc)
+  line = " ".join(str(message).split("\n")[0].split()) or type(exc).__name__
+  print(f"error: {line}", file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _config_file_error(e: BaseException, argv: Sequence[str]) -> str | None:
+  """The one-line message for a ``--config`` file that cannot be loaded, else None."""
+  given = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+  name = given[-1] if given else "the default config"
+  if isinstance(e, (FileNotFoundError, IOError)) and "such file" in str(e):
+    return f"--config={name}: no such file"
+  if isinstance(e, SyntaxError):
+    return f"--config={name}: {type(e).__name__} at line {e.lineno}: {e.msg}"
+  text = str(e)
+  if "get_config" in text or isinstance(e, (AttributeError, ImportError)) and "config" in text:
+    return f"--config={name}: {type(e).__name__}: {' '.join(text.split())}"
+  tb = traceback.extract_tb(e.__traceback__)
+  if given and any(os.path.abspath(f.filename) == os.path.abspath(given[-1]) for f in tb):
+    return (f"--config={name}: get_config() raised {type(e).__name__}: "
+            f"{' '.join(text.split()) or '(no message)'}")
+  return None
+
+
+def _override_error(e: BaseException, argv: Sequence[str]) -> str:
+  """An unknown key in a ``--config.a.b=v`` override, as one line naming it."""
+  # ml_collections says e.g. AttributeError("'modle'\nDid you mean \"model\" ...?"),
+  # with the quotes escaped one or more times.
+  text = str(e)
+  key = re.search(r"([A-Za-z_]\w*)\\*'", text)
+  key = key.group(1) if key else "?"
+  hint = re.search(r'Did you mean "([^"]+)"', text)
+  given = [a for a in argv[1:] if a.startswith("--config.") and key in a]
+  return (f"unknown config key {key!r} in {given[0] if given else 'a --config override'}"
+          f"{f' (did you mean {hint.group(1)!r}?)' if hint else ''}; the accepted keys and "
+          "their defaults are in cnnjax/config.py")
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's parser, with every error as one line and exit code 2 (no usage dump)."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - each kind gets its own one-line message below
+    message = _config_file_error(e, argv)
+    if message is None and isinstance(e, (AttributeError, KeyError)):
+      message = _override_error(e, argv)
+    fail(message or " ".join(str(e).split()), exc=e)
+  return []  # unreachable
+
+
+def take_none_overrides(prefix: str = "--config.") -> list[str]:
+  """Removes ``--config.key=None`` from ``sys.argv`` and returns those keys.
+
+  config_flags cannot parse None into a typed field, yet None is how a config says
+  "unset" (e.g. ``--config.loss.label_smoothing=None`` before switching to a loss that
+  takes no smoothing). Call before the config flag is defined; give the keys to
+  `config_value`.
+  """
+  keys = [a[len(prefix):-len("=None")] for a in sys.argv[1:]
+          if a.startswith(prefix) and a.endswith("=None")]
+  sys.argv[1:] = [a for a in sys.argv[1:] if not (a.startswith(prefix) and a.endswith("=None"))]
+  return keys
+
+
+def _unset(config, key: str) -> None:
+  *parents, leaf = key.split(".")
+  node = config
+  try:
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(leaf)
+    node[leaf] = None
+  except (KeyError, TypeError, AttributeError):
+    fail(f"--config.{key}=None: {key!r} is not a config key that can be unset; the keys and "
+         "their defaults are in cnnjax/config.py")
+
+
+def config_value(holder, unset: Sequence[str] = ()):
+  """The ConfigDict of a ``DEFINE_config_file`` flag, or one line and exit 2.
+
+  ml_collections defers a missing file's error to the first use of the config.
+  ``unset``: keys to set to None (from `take_none_overrides`).
+  """
+  value = holder.value
+  if value is None:
+    return None
+  try:
+    getattr(value, "keys")
+  except OSError as e:
+    fail(_config_file_error(e, sys.argv) or " ".join(str(e).split()), exc=e)
+  for key in unset:
+    _unset(value, key)
+  return value
+
+
+def configure_process() -> dict:
+  """The entry points' process settings; returns what `cpu_runtime.configure` applied."""
+  from cnnjax import cpu_runtime  # pylint: disable=g-import-not-at-top
+  applied = cpu_runtime.configure()
+  level = logging.INFO if verbose() else logging.WARNING
+  logging.set_verbosity(level)
+  # tfds and jax log through the standard library; their routine notes (a missing
+  # dataset_info.json on first preparation, absent TPU backends) are for --verbose.
+  for name in ("absl", "tensorflow_datasets", "jax._src.xla_bridge", "orbax"):
+    std_logging.getLogger(name).setLevel(std_logging.INFO if verbose() else std_logging.ERROR)
+  return applied
+
+
+def run(main: Callable[[list[str]], None]) -> None:
+  """`absl.app.run` with the shared error handling; exits 2 on `BadInput`."""
+  def wrapped(argv):
+    try:
+      main(argv)
+    except BadInput as e:
+      fail(str(e), exc=e)
+
+  try:
+    app.run(wrapped, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    # Ctrl-C before the command installed its own handler.
+    print("interrupted by SIGINT before training started; nothing was saved", file=sys.stderr,
+          flush=True)
+    sys.exit(130)
