@@ -126,7 +126,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Bookkeeping.
   c.log_every_steps = 50
   c.eval_every_epochs = 1
-  c.checkpoint_every_steps = 0  # 0 = only at the end of each epoch
+  c.checkpoint_every_steps = 0  # > 0: also every this many steps inside epochs
+  c.checkpoint_every_seconds = 30.0  # at epoch ends: save when this long since the last save
+                                     # (a new best and the last epoch are always saved)
   c.keep_checkpoints = 2
   c.on_nonfinite = "stop"     # stop | skip (keep the old state, count) | rollback
   c.max_consecutive_nonfinite = 10
@@ -195,6 +197,9 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
   if c.dropout_rate is not None:
     _check(0.0 <= c.dropout_rate < 1.0, "dropout_rate", c.dropout_rate,
            "expected a rate in [0, 1), or None for the model's default")
+  _check(_is_number(c.checkpoint_every_seconds) and c.checkpoint_every_seconds >= 0,
+         "checkpoint_every_seconds", c.checkpoint_every_seconds,
+         "expected seconds >= 0 (0 = save at every epoch end)")
   _check(_is_number(c.rollback_lr_factor) and 0.0 < c.rollback_lr_factor < 1.0,
          "rollback_lr_factor", c.rollback_lr_factor, "expected a factor in (0, 1)")
   a = c.augment

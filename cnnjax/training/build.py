@@ -156,8 +156,7 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
       model, tx, data.info.image_shape, ema_decay=config.optimizer.ema_decay)
   init_rng, train_rng = state_lib.run_keys(config.seed)
   lr = configured_learning_rate(config.optimizer)
-  state = initializer(init_rng)
-  state = state.replace(opt_state=optimizers.set_learning_rate_scale(state.opt_state, lr))
+  state = initializer(init_rng, lr)
   parts = steps.resolve_microbatches(
       microbatches, per_device_batch=config.batch_size // num_devices,
       has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),

@@ -129,6 +129,7 @@ class _Trainer:
     self.last: dict[str, float] = {}
     self.window = tracking.Means()
     self.diverged_step: int | None = None
+    self.last_save = time.perf_counter()
 
   def _restore(self) -> None:
     self.step, state = 0, self.run.state
@@ -287,6 +288,16 @@ class _Trainer:
     if train_seconds is not None:
       meta["train_seconds"] = train_seconds
     self.checkpointer.save(self.step, self.par.get_state(self.state), meta, best)
+    self.last_save = time.perf_counter()
+
+  def _epoch_end_save_due(self, improved: bool, stopping: bool) -> bool:
+    """Whether an epoch end saves: a new best, the last epoch, a stop, or enough time since
+    the last save. Resuming from any checkpoint gives the same result, so skipping one only
+    risks repeating work after a kill; each save costs ~40 ms of orbax bookkeeping."""
+    due = (improved or stopping or self.step >= self.run.total_steps
+           or time.perf_counter() - self.last_save >= self.config.checkpoint_every_seconds)
+    # Saves are collective with several processes: they must agree (clocks differ).
+    return self.par.any_process(due) if self.pcount > 1 else due
 
   def _end_epoch(self) -> None:
     c, run, epoch = self.config, self.run, self.epoch
@@ -298,8 +309,10 @@ class _Trainer:
       improved = self.best.update(val[self.task.headline], epoch)
     record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
     self.meta["history"].append(record)
-    self._save(best=val[self.task.headline] if improved else None)
-    if self._stop_requested(True):
+    stopping = self._stop_requested(True)
+    if self._epoch_end_save_due(improved, stopping):
+      self._save(best=val[self.task.headline] if improved else None)
+    if stopping:
       raise self._interrupted()
     if val is not None:
       shown = self.progress.metrics

@@ -57,4 +57,5 @@ def build(resolved_config: dict[str, Any], par, workdir: str) -> dict[str, Any]:
       "process_count": jax.process_count(),
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
       "cpu_runtime": cpu_runtime.settings(),
+      "compilation_cache": jax.config.jax_compilation_cache_dir,
   }

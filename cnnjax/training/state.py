@@ -12,6 +12,8 @@ import optax
 from flax import struct
 from flax.training import train_state
 
+from cnnjax import optimizers
+
 
 class TrainState(train_state.TrainState):
   """Flax's TrainState plus BatchNorm statistics and an optional parameter EMA.
@@ -59,15 +61,20 @@ def make_initializer(
   """
 
   @jax.jit
-  def variables(key):
+  def variables(key, learning_rate):
     v = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32),
                    train=False)
     params = v["params"]
-    return (params, v.get("batch_stats", {}), tx.init(params),
-            params if ema_decay > 0 else None)
+    opt_state = tx.init(params)
+    if learning_rate is not None:
+      opt_state = optimizers.set_learning_rate_scale(opt_state, learning_rate)
+    return params, v.get("batch_stats", {}), opt_state, params if ema_decay > 0 else None
 
-  def init(key: jax.Array) -> TrainState:
-    params, batch_stats, opt_state, ema_params = variables(key)
+  def init(key: jax.Array, learning_rate: float | None = None) -> TrainState:
+    """``learning_rate``: the run-time rate scale of a `cnnjax.optimizers` chain (see
+    `cnnjax.training.build`), set inside the same compiled call; None leaves it at 1."""
+    lr = None if learning_rate is None else jnp.float32(learning_rate)
+    params, batch_stats, opt_state, ema_params = variables(key, lr)
     return TrainState(
         step=jnp.zeros((), jnp.int32), apply_fn=model.apply, params=params, tx=tx,
         opt_state=opt_state, batch_stats=batch_stats, ema_params=ema_params,

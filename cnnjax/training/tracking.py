@@ -78,11 +78,17 @@ def epoch_record(epoch: int, step: int, train: Mapping[str, float],
   return record
 
 
+@jax.jit
+def _add(a, b):
+  # One compiled program per pytree structure, not one per leaf and batch.
+  return jax.tree.map(jnp.add, a, b)
+
+
 def summed(eval_fn: Callable, state, batches: Iterable[Mapping[str, Any]],
            put: Callable = lambda b: b):
   """Adds up ``eval_fn(state, put(batch))`` over ``batches`` on the device."""
   total = None
   for batch in batches:
     sums = eval_fn(state, put(batch))
-    total = sums if total is None else jax.tree.map(jnp.add, total, sums)
+    total = sums if total is None else _add(total, sums)
   return total
