@@ -232,7 +232,14 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
   check_choice("progress", config.progress, PROGRESS)
   _check_numbers(config)
-  task = tasks.get_task(config.task, catalog.dataset_info(config.dataset))
+  info = catalog.dataset_info(config.dataset)
+  missing = [f for f in tasks.TASKS[config.task].batch_fields if f not in info.fields]
+  if missing:
+    fits = sorted(d.name for d in catalog.DATASETS.values()
+                  if set(tasks.TASKS[config.task].batch_fields) <= set(d.fields))
+    raise ValueError(f"task={config.task!r} needs {missing} in every example; dataset="
+                     f"{config.dataset!r} has {list(info.fields)}; use one of {fits}")
+  task = tasks.get_task(config.task, info)
   task.check_loss(config.loss)
   optimizers.validate(config.optimizer)
 

@@ -258,12 +258,12 @@ def test_array_cache_is_used_and_checked(tmp_path):
   cache = os.path.join(version_dir, sources.CACHE_DIRNAME, "train.npz")
   assert os.path.exists(cache)
   # A cache that disagrees with the prepared data is ignored and rewritten.
-  np.savez(cache, images=np.zeros((1, 28, 28, 1), np.uint8), labels=np.zeros(1, np.int32))
+  np.savez(cache, image=np.zeros((1, 28, 28, 1), np.uint8), label=np.zeros(1, np.int32))
   images, labels = cnnjax.data.load(config).arrays("train", dtype=np.uint8)
   np.testing.assert_array_equal(images, expected["train"][0])
   np.testing.assert_array_equal(labels, expected["train"][1])
   with np.load(cache) as f:
-    np.testing.assert_array_equal(f["images"], expected["train"][0])
+    np.testing.assert_array_equal(f["image"], expected["train"][0])
 
 
 def test_prepare_from_empty_dir_fails(tmp_path):

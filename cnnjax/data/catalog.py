@@ -13,6 +13,7 @@ class DatasetInfo:
   train_split: str = "train"
   test_split: str = "test"
   flips_make_sense: bool = False  # digits are not mirror-symmetric; photos are
+  fields: tuple[str, ...] = ("label",)  # what each example holds besides "image"
 
 
 DATASETS: dict[str, DatasetInfo] = {

@@ -2,7 +2,10 @@
 
 Every supported dataset fits in host memory as uint8 (CIFAR: 180 MB), so each
 split is read once through its tfds data source and batches are cut from numpy
-arrays with one fancy-indexing gather. The epoch order is a keyed permutation
+arrays with one fancy-indexing gather. A split is a dict of arrays with one row per
+example: ``image`` (uint8 ``[n, H, W, C]``) and the dataset's other fields
+(`cnnjax.data.catalog.DatasetInfo.fields`: ``label`` for classification, masks and
+boxes for scenes); every batch holds them all. The epoch order is a keyed permutation
 of the example indices computed in one vectorised step; a grain `MapDataset`
 over step numbers turns it into random-access batches, so batch ``k`` of epoch
 ``e`` is a pure function of ``(seed, e, k)``:
@@ -93,13 +96,28 @@ def _check_processes(process_index: int, process_count: int, global_size: int,
   return global_size // process_count
 
 
+Split = dict[str, np.ndarray]
+
+
+def as_split(arrays: Split | tuple[np.ndarray, np.ndarray]) -> Split:
+  """``{"image", ...}``; a pair ``(images, labels)`` means ``{"image", "label"}``."""
+  if isinstance(arrays, tuple):
+    images, labels = arrays
+    return {"image": np.asarray(images), "label": np.asarray(labels)}
+  return {k: np.asarray(v) for k, v in arrays.items()}
+
+
+def _take(split: Split, rows) -> Split:
+  return {k: v[rows] for k, v in split.items()}
+
+
 class Dataset:
   """In-memory train / validation / test splits with deterministic batching.
 
   Args:
     info: the catalog entry of the dataset.
-    train: ``(images, labels)`` of the full train split: uint8 ``[n, H, W, C]``
-      and integer ``[n]``.
+    train: the full train split: ``{"image": uint8 [n, H, W, C], field: [n, ...]}``
+      (or ``(images, labels)``); integer labels become int32.
     test: the same for the test split.
     batch_size: global training batch size (all processes together).
     eval_batch_size: global evaluation batch size.
@@ -123,23 +141,17 @@ class Dataset:
     self.seed = int(seed)
     self.validation_fraction = float(validation_fraction)
 
-    images, labels = (np.asarray(a) for a in train)
-    n = len(images)
+    train, test = _int32_labels(as_split(train)), _int32_labels(as_split(test))
+    n = len(train["image"])
     n_val = int(round(validation_fraction * n))
     held_out = keyed_permutation(n, VALIDATION_KEY)[:n_val]
     is_val = np.zeros(n, bool)
     is_val[held_out] = True
-    self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {
-        # Boolean masks keep the original order inside each split.
-        "train": (images[~is_val], labels[~is_val].astype(np.int32)),
-        "validation": (images[is_val], labels[is_val].astype(np.int32)),
-        "test": (np.asarray(test[0]), np.asarray(test[1]).astype(np.int32)),
-    }
-    for split, (x, y) in self._arrays.items():
-      if x.dtype != np.uint8 or x.shape[1:] != tuple(info.image_shape) or len(x) != len(y):
-        raise ValueError(f"{info.name} {split}: expected uint8 images [n, "
-                         f"{', '.join(map(str, info.image_shape))}] and n labels, got "
-                         f"{x.dtype} {x.shape} and {np.shape(y)}")
+    # Boolean masks keep the original order inside each split.
+    self._splits: dict[str, Split] = {
+        "train": _take(train, ~is_val), "validation": _take(train, is_val), "test": test}
+    for split, fields in self._splits.items():
+      _check_split(info, split, fields)
     if self.steps_per_epoch < 1:
       raise ValueError(f"batch_size ({batch_size}) is larger than the {info.name} train "
                        f"split ({self.num_examples('train')} examples)")
@@ -158,7 +170,12 @@ class Dataset:
     return tuple(s for s in _SPLITS if self.num_examples(s) > 0)
 
   def num_examples(self, split: str) -> int:
-    return len(self._get(split)[1])
+    return len(self._get(split)["image"])
+
+  @property
+  def fields(self) -> tuple[str, ...]:
+    """The fields of every example besides ``image``."""
+    return tuple(k for k in self._splits["train"] if k != "image")
 
   @property
   def steps_per_epoch(self) -> int:
@@ -169,10 +186,16 @@ class Dataset:
     """Batches `eval_batches` yields for ``split`` (the same on every process)."""
     return math.ceil(self.num_examples(split) / self.eval_batch_size)
 
-  def _get(self, split: str) -> tuple[np.ndarray, np.ndarray]:
-    if split not in self._arrays:
+  def _get(self, split: str) -> Split:
+    if split not in self._splits:
       raise ValueError(f"Unknown split {split!r}; expected one of {list(_SPLITS)}")
-    return self._arrays[split]
+    return self._splits[split]
+
+  def split_arrays(self, split: str, *, dtype: Any = np.float32) -> Split:
+    """Every field of a whole split; ``image`` as `arrays` gives it."""
+    fields = dict(self._get(split))
+    fields["image"] = _pixels(fields["image"], dtype)
+    return fields
 
   def arrays(self, split: str, *, dtype: Any = np.float32) -> tuple[np.ndarray, np.ndarray]:
     """A whole split: images ``[n, H, W, C]`` and int32 labels ``[n]``.
@@ -181,12 +204,8 @@ class Dataset:
     ``dtype=np.uint8`` gives the stored bytes (4x smaller, e.g. to keep a
     dataset on an accelerator and scale there).
     """
-    images, labels = self._get(split)
-    if np.dtype(dtype) == np.uint8:
-      return images, labels
-    if np.dtype(dtype) != np.float32:
-      raise ValueError(f"dtype must be float32 or uint8, got {np.dtype(dtype)}")
-    return to_float(images), labels
+    fields = self._get(split)
+    return _pixels(fields["image"], dtype), fields["label"]
 
   # -- training ---------------------------------------------------------------
 
@@ -204,21 +223,22 @@ class Dataset:
       process_index, process_count: this process's slot among all processes.
 
     Yields:
-      ``{"image": float32 [b, H, W, C] in [0, 1], "label": int32 [b]}`` with
-      ``b = batch_size // process_count``, for steps ``start_step ..
+      ``{"image": float32 [b, H, W, C] in [0, 1], "label": int32 [b], ...}`` (every
+      field) with ``b = batch_size // process_count``, for steps ``start_step ..
       steps_per_epoch - 1``.
     """
     b = _check_processes(process_index, process_count, self.batch_size, "batch_size")
     if not 0 <= start_step <= self.steps_per_epoch:
       raise ValueError(f"start_step must be in [0, {self.steps_per_epoch}], got {start_step}")
-    images, labels = self._arrays["train"]
+    fields = self._splits["train"]
     # This process's rows of each global batch, [steps, b].
     order = self.epoch_order(epoch)[: self.steps_per_epoch * self.batch_size]
     rows = order.reshape(self.steps_per_epoch, process_count, b)[:, process_index]
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
-      idx = rows[step]
-      return {"image": to_float(images[idx]), "label": labels[idx]}
+      batch = _take(fields, rows[step])
+      batch["image"] = to_float(batch["image"])
+      return batch
 
     # A grain MapDataset is random access: element k is built from step k only.
     steps = grain.MapDataset.range(start_step, self.steps_per_epoch).map(make_batch)
@@ -232,16 +252,16 @@ class Dataset:
     """Yields this process's share of ``split`` in fixed-shape, masked batches.
 
     Global batch ``j`` holds examples ``j*E .. (j+1)*E - 1`` (``E =
-    eval_batch_size``), padded past the end with zero images, label 0 and mask 0;
+    eval_batch_size``), padded past the end with zeros in every field and mask 0;
     process ``p`` gets its rows ``p*b:(p+1)*b``, ``b = E // process_count``.
 
     Yields:
-      ``{"image": float32 [b, H, W, C], "label": int32 [b], "mask": float32 [b]}``.
+      ``{"image": float32 [b, H, W, C], "label": int32 [b], ..., "mask": float32 [b]}``.
     """
     b = _check_processes(process_index, process_count, self.eval_batch_size,
                          "eval_batch_size")
-    images, labels = self._get(split)
-    n = len(labels)
+    fields = self._get(split)
+    n = len(fields["image"])
     if n == 0:
       raise ValueError(f"Split {split!r} of {self.info.name} is empty"
                        + (" (validation_fraction is 0)" if split == "validation" else ""))
@@ -249,14 +269,39 @@ class Dataset:
       start = j * self.eval_batch_size + process_index * b
       stop = min(start + b, n)
       count = max(stop - start, 0)
-      image = np.zeros((b, *self.info.image_shape), np.float32)
-      label = np.zeros((b,), np.int32)
-      mask = np.zeros((b,), np.float32)
+      batch = {k: np.zeros((b, *v.shape[1:]), np.float32 if k == "image" else v.dtype)
+               for k, v in fields.items()}
+      batch["mask"] = np.zeros((b,), np.float32)
       if count:
-        image[:count] = to_float(images[start:stop])
-        label[:count] = labels[start:stop]
-        mask[:count] = 1.0
-      yield {"image": image, "label": label, "mask": mask}
+        for k, v in fields.items():
+          batch[k][:count] = to_float(v[start:stop]) if k == "image" else v[start:stop]
+        batch["mask"][:count] = 1.0
+      yield batch
+
+
+def _pixels(images: np.ndarray, dtype: Any) -> np.ndarray:
+  if np.dtype(dtype) == np.uint8:
+    return images
+  if np.dtype(dtype) != np.float32:
+    raise ValueError(f"dtype must be float32 or uint8, got {np.dtype(dtype)}")
+  return to_float(images)
+
+
+def _int32_labels(split: Split) -> Split:
+  if "label" in split and np.issubdtype(split["label"].dtype, np.integer):
+    split["label"] = split["label"].astype(np.int32)
+  return split
+
+
+def _check_split(info: catalog.DatasetInfo, name: str, fields: Split) -> None:
+  x = fields.get("image")
+  if x is None or x.dtype != np.uint8 or x.shape[1:] != tuple(info.image_shape):
+    raise ValueError(f"{info.name} {name}: expected uint8 images [n, "
+                     f"{', '.join(map(str, info.image_shape))}], got "
+                     f"{None if x is None else (x.dtype, x.shape)}")
+  bad = {k: np.shape(v) for k, v in fields.items() if len(v) != len(x)}
+  if bad:
+    raise ValueError(f"{info.name} {name}: {len(x)} images but field lengths {bad}")
 
 
 def _cfg(config: Mapping[str, Any] | Any, key: str) -> Any:
@@ -291,10 +336,8 @@ def load(config: Any) -> Dataset:
   info = catalog.dataset_info(name)
   data_dir = sources.resolve_data_dir(_cfg(config, "data_dir"))
   train_src, test_src = sources.open_splits(name, data_dir, (info.train_split, info.test_split))
-  train = sources.read_arrays(train_src, info.image_shape, data_dir=data_dir, name=name,
-                              split=info.train_split)
-  test = sources.read_arrays(test_src, info.image_shape, data_dir=data_dir, name=name,
-                             split=info.test_split)
+  train = sources.read_fields(train_src, info, data_dir=data_dir, split=info.train_split)
+  test = sources.read_fields(test_src, info, data_dir=data_dir, split=info.test_split)
   return Dataset(info, train, test, batch_size=config.batch_size,
                  eval_batch_size=config.eval_batch_size, seed=_cfg(config, "seed"),
                  validation_fraction=fraction)

@@ -1,8 +1,8 @@
 """Finding prepared datasets on disk and reading them through `tfds.data_source`.
 
-Nothing here downloads. The embedded `digits` dataset is prepared on first use
-from scikit-learn's copy; every other dataset must already be prepared as
-array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
+Nothing here downloads. The embedded datasets (`EMBEDDED`: digits, built from
+scikit-learn's copy) are prepared on first use; every other dataset must already be
+prepared as array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
 `DatasetNotFoundError` is raised at once.
 """
 
@@ -63,18 +63,29 @@ def quiet_preparation():
         logging.info("tfds: %s", line.strip())
 
 
-def ensure_digits(data_dir: str) -> None:
-  """Prepares the embedded digits dataset in ``data_dir`` unless it is there already."""
-  builder = builders.Digits(data_dir=data_dir, file_format="array_record")
+# Datasets whose data ships with an installed package: prepared on first use, offline.
+EMBEDDED = {"digits": builders.Digits}
+
+
+def ensure_embedded(name: str, data_dir: str):
+  """Prepares embedded dataset ``name`` in ``data_dir`` unless it is there; returns its builder."""
+  builder = EMBEDDED[name](data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
-    return
+    return builder
   try:
     with quiet_preparation():
       builder.download_and_prepare(download_config=builders.offline_download_config())
   except Exception:
     # Another process may have finished the same preparation first.
-    if not builders.Digits(data_dir=data_dir, file_format="array_record").is_prepared():
+    builder = EMBEDDED[name](data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
       raise
+  return builder
+
+
+def ensure_digits(data_dir: str) -> None:
+  """Prepares the embedded digits dataset in ``data_dir`` unless it is there already."""
+  ensure_embedded("digits", data_dir)
 
 
 def open_splits(name: str, data_dir: str, splits=("train", "test")) -> list:
@@ -93,9 +104,8 @@ def open_splits(name: str, data_dir: str, splits=("train", "test")) -> list:
       ``data_dir``. Raised without touching the network.
   """
   catalog.dataset_info(name)  # Unknown names fail here with the list of known ones.
-  if name == "digits":
-    ensure_digits(data_dir)
-    builder = builders.Digits(data_dir=data_dir, file_format="array_record")
+  if name in EMBEDDED:
+    builder = ensure_embedded(name, data_dir)
     return [builder.as_data_source(split=s) for s in splits]
   try:
     # download=False and try_gcs=False: tfds only looks in data_dir. This call
@@ -139,8 +149,33 @@ def _prepared_dir(source, data_dir: str) -> str | None:
   return path if path.startswith(root + os.sep) and os.path.isdir(path) else None
 
 
-def read_arrays(source, image_shape: tuple[int, int, int], *, data_dir: str = "",
-                name: str = "", split: str = "") -> tuple[np.ndarray, np.ndarray]:
+def _read_cache(cache: str | None, names: tuple[str, ...], n: int, image_shape) -> dict | None:
+  if not cache or not os.path.exists(cache):
+    return None
+  try:
+    with np.load(cache) as f:
+      fields = {k: f[k] for k in names}
+  except (OSError, ValueError, KeyError):
+    return None  # Unreadable or from another layout: rebuilt by the caller.
+  if any(len(v) != n for v in fields.values()) or fields["image"].shape[1:] != tuple(image_shape):
+    return None
+  return fields
+
+
+def _write_cache(cache: str | None, fields: dict[str, np.ndarray]) -> None:
+  if not cache:
+    return
+  try:
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    tmp = f"{cache}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, **fields)
+    os.replace(tmp, cache)
+  except OSError:
+    pass  # A read-only data_dir only costs speed.
+
+
+def read_fields(source, info: catalog.DatasetInfo, *, data_dir: str = "",
+                split: str = "") -> dict[str, np.ndarray]:
   """Reads a whole split into memory, through a numpy cache after the first time.
 
   Decoding PNGs through tfds runs at a few thousand images/s, so the decoded
@@ -150,45 +185,43 @@ def read_arrays(source, image_shape: tuple[int, int, int], *, data_dir: str = ""
 
   Args:
     source: a data source from `open_splits`.
-    image_shape: the expected ``(H, W, C)``.
+    info: the catalog entry (image shape and the other fields to read).
     data_dir: the resolved data directory ("" = no cache).
-    name, split: for error messages and the cache file name.
+    split: for error messages and the cache file name.
 
   Returns:
-    ``(images, labels)``: uint8 ``[n, H, W, C]`` and int32 ``[n]``.
+    ``{"image": uint8 [n, H, W, C], field: [n, ...]}`` for ``info.fields``
+    (``label`` as int32).
   """
-  n = len(source)
+  n, names = len(source), ("image", *info.fields)
   prepared = _prepared_dir(source, data_dir) if data_dir else None
   cache = os.path.join(prepared, CACHE_DIRNAME, f"{split}.npz") if prepared and split else None
-  if cache and os.path.exists(cache):
-    try:
-      with np.load(cache) as f:
-        images, labels = f["images"], f["labels"]
-      if len(images) == len(labels) == n and images.shape[1:] == tuple(image_shape):
-        return images, labels
-    except (OSError, ValueError, KeyError):
-      pass  # Unreadable: rebuild it below.
-
-  images = np.empty((n, *image_shape), np.uint8)
-  labels = np.empty((n,), np.int32)
+  fields = _read_cache(cache, names, n, info.image_shape)
+  if fields is not None:
+    return fields
+  columns: dict[str, list] = {k: [] for k in names}
   for start in range(0, n, _CHUNK):
     keys = list(range(start, min(start + _CHUNK, n)))
     # Batched reads are faster; tfds's mock data only supports item access.
     examples = source.__getitems__(keys) if prepared else [source[i] for i in keys]
     for i, example in zip(keys, examples):
       image = np.asarray(example["image"])
-      if image.shape != tuple(image_shape):
-        raise ValueError(f"Dataset {name!r} split {split!r} example {i} has image shape "
-                         f"{image.shape}; expected {tuple(image_shape)}")
-      images[i] = image
-      labels[i] = int(example["label"])
+      if image.shape != tuple(info.image_shape):
+        raise ValueError(f"Dataset {info.name!r} split {split!r} example {i} has image shape "
+                         f"{image.shape}; expected {tuple(info.image_shape)}")
+      for k in names:
+        columns[k].append(np.asarray(example[k]))
+  fields = {k: np.stack(v) if v else np.zeros((0,)) for k, v in columns.items()}
+  fields["image"] = fields["image"].astype(np.uint8).reshape((n, *info.image_shape))
+  if "label" in fields:
+    fields["label"] = fields["label"].astype(np.int32)
+  _write_cache(cache, fields)
+  return fields
 
-  if cache:
-    try:
-      os.makedirs(os.path.dirname(cache), exist_ok=True)
-      tmp = f"{cache}.{os.getpid()}.tmp.npz"
-      np.savez(tmp, images=images, labels=labels)
-      os.replace(tmp, cache)
-    except OSError:
-      pass  # A read-only data_dir only costs speed.
-  return images, labels
+
+def read_arrays(source, image_shape: tuple[int, int, int], *, data_dir: str = "",
+                name: str = "", split: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """``(images, labels)`` of a classification split (see `read_fields`)."""
+  info = catalog.DatasetInfo(name or "dataset", tuple(image_shape), 0)
+  fields = read_fields(source, info, data_dir=data_dir, split=split)
+  return fields["image"], fields["label"]
