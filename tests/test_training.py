@@ -167,6 +167,7 @@ def test_grad_norm_and_nonfinite_flag():
   """grad_norm equals optax's global norm of the same gradients; one inf entry flags the step."""
   state, batch = _tiny_state_and_batch()
 
+  @jax.jit
   def reference_grads(params):
     def objective(p):
       logits, _ = state.apply_fn({"params": p, "batch_stats": state.batch_stats}, batch["image"],
