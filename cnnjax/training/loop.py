@@ -316,9 +316,9 @@ class _Trainer:
       raise self._interrupted()
     if val is not None:
       shown = self.progress.metrics
-      self.progress.message(f"epoch {epoch}/{run.num_epochs}: " + _pairs(
-          {f"train {k}": record[f"train_{k}"] for k in shown if f"train_{k}" in record}
-          | {f"val {k}": val[k] for k in shown if k in val}))
+      train = _pairs({k: record[f"train_{k}"] for k in shown if f"train_{k}" in record})
+      self.progress.message(f"epoch {epoch}/{run.num_epochs}  train {train}  val "
+                            + _pairs({k: val[k] for k in shown if k in val}))
 
   def _evaluate(self, split: str) -> dict[str, Any]:
     sums = tracking.summed(self.eval_fn, self.state, self._eval_batches(split),
@@ -362,6 +362,7 @@ class _Trainer:
                        "lr_scale": lr_scale, "from_step": e.step})
     self.progress.message(f"non-finite {e.metric} at step {e.step}: rolled back to step {step}, "
                           f"learning rate x{lr_scale:g}")
+    self.progress.start(step, restart=True)
 
   # -- the end ----------------------------------------------------------------
 
@@ -390,7 +391,7 @@ class _Trainer:
 
 
 def _pairs(values: dict[str, float]) -> str:
-  return ", ".join(f"{k} {reporting.format_value(v)}" for k, v in values.items())
+  return " ".join(f"{k} {reporting.format_value(v)}" for k, v in values.items())
 
 
 def _summary(t: _Trainer, status: str) -> dict[str, Any]:
