@@ -92,8 +92,14 @@ class _Trainer:
     self.pindex, self.pcount = jax.process_index(), jax.process_count()
     self.progress = reporting.Progress(0, mode=config.progress, enabled=self.main)
     self._build(resolved)
-    self._restore()
-    self._compile()
+    try:
+      self._restore()
+      self._compile()
+    except BaseException:
+      # A stop request or an error during start-up: release the files and threads.
+      self.writer.close()
+      self.checkpointer.close()
+      raise
     self.setup_seconds = time.perf_counter() - self.t_start
 
   # -- setup ------------------------------------------------------------------
