@@ -150,6 +150,9 @@ class Dataset:
     # Boolean masks keep the original order inside each split.
     self._splits: dict[str, Split] = {
         "train": _take(train, ~is_val), "validation": _take(train, is_val), "test": test}
+    self._rows = {"train": np.flatnonzero(~is_val), "validation": np.flatnonzero(is_val)}
+    self.corruption: dict[str, Any] | None = None  # set by `load` (cnnjax.data.corruption)
+    self.train_weights: Any = None  # epoch -> per-example weights [n_train], or None
     for split, fields in self._splits.items():
       _check_split(info, split, fields)
     if self.steps_per_epoch < 1:
@@ -168,6 +171,25 @@ class Dataset:
   def splits(self) -> tuple[str, ...]:
     """Non-empty splits: ``('train', 'validation', 'test')`` or without validation."""
     return tuple(s for s in _SPLITS if self.num_examples(s) > 0)
+
+  def rows(self, split: str) -> np.ndarray:
+    """Positions in the given ``train`` arrays of the ``train`` or ``validation`` split."""
+    return self._rows[split]
+
+  def class_counts(self, split: str = "train") -> np.ndarray:
+    """Examples per class of ``split`` (int64 ``[num_classes]``, from its labels)."""
+    return np.bincount(self._get(split)["label"], minlength=self.info.num_classes)
+
+  def with_train_weights(self, weights_of_epoch) -> "Dataset":
+    """The same data whose training batches also hold ``weight`` (float32 ``[b]``).
+
+    ``weights_of_epoch(epoch) -> [num_examples("train")]`` gives every training
+    example's weight in that epoch (e.g. deferred class re-weighting); evaluation
+    batches carry no weights.
+    """
+    other = copy.copy(self)
+    other.train_weights = weights_of_epoch
+    return other
 
   def num_examples(self, split: str) -> int:
     return len(self._get(split)["image"])
@@ -234,10 +256,14 @@ class Dataset:
     # This process's rows of each global batch, [steps, b].
     order = self.epoch_order(epoch)[: self.steps_per_epoch * self.batch_size]
     rows = order.reshape(self.steps_per_epoch, process_count, b)[:, process_index]
+    weights = None if self.train_weights is None else np.asarray(
+        self.train_weights(epoch), np.float32)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
       batch = _take(fields, rows[step])
       batch["image"] = to_float(batch["image"])
+      if weights is not None:
+        batch["weight"] = weights[rows[step]]
       return batch
 
     # A grain MapDataset is random access: element k is built from step k only.
@@ -338,6 +364,24 @@ def load(config: Any) -> Dataset:
   train_src, test_src = sources.open_splits(name, data_dir, (info.train_split, info.test_split))
   train = sources.read_fields(train_src, info, data_dir=data_dir, split=info.train_split)
   test = sources.read_fields(test_src, info, data_dir=data_dir, split=info.test_split)
-  return Dataset(info, train, test, batch_size=config.batch_size,
+  noise, imbalance = _section(config, "label_noise"), _section(config, "class_imbalance")
+  record = None
+  if (noise or {}).get("kind", "none") != "none" or (
+      imbalance or {}).get("profile", "none") != "none":
+    from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+    train, record = corruption.apply(train, num_classes=info.num_classes, label_noise=noise,
+                                     class_imbalance=imbalance)
+  data = Dataset(info, train, test, batch_size=config.batch_size,
                  eval_batch_size=config.eval_batch_size, seed=_cfg(config, "seed"),
                  validation_fraction=fraction)
+  data.corruption = record
+  return data
+
+
+def _section(config: Any, key: str) -> dict[str, Any] | None:
+  """A config section as a dict, or None when the config has no such section."""
+  try:
+    section = config[key]
+  except (KeyError, AttributeError):
+    return None
+  return dict(section.to_dict() if hasattr(section, "to_dict") else section)

@@ -136,6 +136,11 @@ class _Trainer:
     self.window = tracking.Means()
     self.diverged_step: int | None = None
     self.last_save = time.perf_counter()
+    self.last_validation: dict[str, Any] | None = None  # of the current state
+    if self.main:
+      from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+      self.data_record = corruption.dataset_record(self.data)
+      reporting.write_json(os.path.join(self.workdir, "data.json"), self.data_record)
 
   def _restore(self) -> None:
     self.step, state = 0, self.run.state
@@ -311,6 +316,7 @@ class _Trainer:
     val, improved = None, False
     if self.has_val and (epoch % c.eval_every_epochs == 0 or self.step >= run.total_steps):
       val = self.task.scalars(self._evaluate("validation"))
+      self.last_validation = val
       self.writer.write({"step": self.step, "epoch": epoch, "split": "validation", **val})
       improved = self.best.update(val[self.task.headline], epoch)
     record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
@@ -326,10 +332,18 @@ class _Trainer:
       self.progress.message(f"epoch {epoch}/{run.num_epochs}  train {train}  val "
                             + _pairs({k: val[k] for k in shown if k in val}))
 
-  def _evaluate(self, split: str) -> dict[str, Any]:
+  def _evaluate(self, split: str, validation: dict[str, Any] | None = None) -> dict[str, Any]:
     sums = tracking.summed(self.eval_fn, self.state, self._eval_batches(split),
                            self.par.put_batch)
-    return self.task.finalize(self.par.fetch(sums))
+    return self.task.finalize(self.par.fetch(sums), validation)
+
+  def _test(self) -> dict[str, Any]:
+    """The test evaluation, calibrated on the validation result of the same state."""
+    if not self.has_val:
+      return self._evaluate("test", {})
+    if self.last_validation is None:  # resumed after the last epoch's validation
+      self.last_validation = self.task.scalars(self._evaluate("validation"))
+    return self._evaluate("test", self.last_validation)
 
   # -- non-finite steps -------------------------------------------------------
 
@@ -377,9 +391,9 @@ class _Trainer:
     summary = _summary(self, status)
     test = None
     if status == "completed":
-      test = self._evaluate("test")
+      test = self._test()
       summary.update({f"test_{k}": v for k, v in self.task.scalars(test).items()},
-                     test_examples=test["count"])
+                     test_examples=test["count"], test_details=self.task.details(test))
     if not self.main:
       return summary
     c, plot_dir = self.config, os.path.join(self.workdir, "plots")
@@ -420,8 +434,23 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       "examples_per_sec": steps * c.batch_size / t.train_seconds if t.train_seconds else None,
       "parallel": t.par.mode, "devices": [str(d) for d in t.par.devices],
       "process_count": jax.process_count(), "versions": manifest.package_versions(),
+      **({"data": _data_summary(t.data_record)} if hasattr(t, "data_record") else {}),
       **({"diverged_step": t.diverged_step} if t.diverged_step is not None else {}),
   }
+
+
+def _data_summary(record: dict[str, Any]) -> dict[str, Any]:
+  from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+  return corruption.summary_of(record)
+
+
+def _task_rows(summary: dict[str, Any]) -> list[list[Any]]:
+  from cnnjax import tasks  # pylint: disable=g-import-not-at-top
+  from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
+  if summary.get("task") not in tasks.TASKS or summary.get("dataset") not in catalog.DATASETS:
+    return []
+  task = tasks.get_task(summary["task"], catalog.dataset_info(summary["dataset"]))
+  return [list(row) for row in task.summary_rows(summary)]
 
 
 def results_table(summary: dict[str, Any]) -> str:
@@ -431,6 +460,7 @@ def results_table(summary: dict[str, Any]) -> str:
   rows = [
       [f"test {h}", summary.get(f"test_{h}")],
       ["test loss", summary.get("test_loss")],
+      *(_task_rows(summary) if "test_loss" in summary else []),
       [f"best val {h}", "n/a" if best is None else
        f"{reporting.format_value(best)} (epoch {summary.get('best_epoch')})"],
       ["epochs / steps", f"{summary['epochs']} / {summary['steps']}"],
