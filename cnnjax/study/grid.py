@@ -234,6 +234,9 @@ def _variant_config(base, spec: str, point_overrides: dict[str, Any],
   if unknown:
     raise ValueError(f"loss spec {spec!r}: unknown option(s) {unknown}; options a config "
                      f"can set: {sorted(k for k in config.loss if k != 'name')}")
+  if "loss.name" in point_overrides:
+    loss_options = {}  # a point that names the loss brings its own options
+    overrides["loss.name"] = point_overrides["loss.name"]
   overrides.update({f"loss.{k}": v for k, v in loss_options.items()})
   overrides.update(point_overrides)
   for key, value in overrides.items():
