@@ -97,7 +97,8 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); {base.model} on "
+  kind = "vmapped group(s)" if study.get("vmap", True) else "separate runs (vmap=False)"
+  log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, study.get("select_by", "") or "")
   timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
