@@ -6,8 +6,12 @@ mnist_5k (clean), lenet5, Adam 3e-3 with cosine decay, batch 128, 12 epochs, run
 a time. Losses: cross-entropy, label smoothing 0.05 and 0.1, focal (gamma 3, no alpha
 weighting), FLSD-53 (Mukhoti et al. 2020), Brier score. Ranked by test ECE (15 bins);
 beside it accuracy, NLL, adaptive and classwise ECE, and ECE / NLL after temperature
-scaling with T fitted by NLL on the 400 validation images. Expected: see README, "Where
-the loss matters".
+scaling with T fitted by NLL on the 400 validation images.
+
+Measured (README, "Where the loss matters"; 32 min wall on the 2-core CPU shared with
+other jobs, load average 10-18): test ECE, mean of 3 seeds: CE 0.018 (T = 1), label
+smoothing 0.05 / 0.1 0.066 / 0.114, focal 0.146, FLSD-53 0.145, Brier 0.028; after
+temperature scaling 0.011 (Brier) to 0.021 (FLSD-53); accuracy 94.5-95.9%.
 """
 
 import ml_collections

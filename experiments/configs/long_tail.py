@@ -11,7 +11,11 @@ logit-adjusted cross-entropy (tau 1, priors of the training split); LDAM (max ma
 scale 30) with deferred class-balanced re-weighting from 80% of training (LDAM-DRW).
 Ranked by balanced test accuracy (equal to plain accuracy on the balanced test split),
 with many- (> 100 training images), medium- and few-shot (< 20) accuracy beside it.
-Expected: see README, "Where the loss matters".
+
+Measured (README, "Where the loss matters"; 54 min wall on the 2-core CPU shared with
+other jobs, load average 10-20): balanced test accuracy at imbalance 100, mean of 3 seeds:
+CE 78.80, class-balanced CE 83.10, focal 79.73, logit-adjusted CE 84.10 (Welch t vs CE
+5.3), LDAM-DRW 79.33; at imbalance 10 all within 90.1 +- 1.0 of CE but LDAM-DRW (88.03).
 """
 
 import ml_collections

@@ -11,7 +11,14 @@ labels (`label_noise.seed=0`: the same flipped examples for every seed and loss)
 cross-entropy, GCE (q=0.7), SCE (alpha=0.1, beta=1), NCE+RCE (alpha=beta=1), soft
 bootstrapping (beta=0.95), MAE (the mean over classes of |softmax - onehot|). Each run is
 also tested at its epoch of best *noisy* validation accuracy ("selected"); nothing is
-chosen on the test split. Expected: see README, "Where the loss matters".
+chosen on the test split.
+
+Measured (README, "Where the loss matters"; 2-core CPU shared with other jobs, load average
+15-18: 39 min wall as five processes, one per condition): final test accuracy, mean of 3
+seeds, at symmetric 0.4 CE 87.20, SCE 89.27, GCE 89.77 (Welch t vs CE 4.9 and 6.2); at
+pairflip 0.4 CE 76.17, GCE 87.27, SCE 88.23; clean CE 92.27 and every robust loss 0.7-1.4
+points lower; soft bootstrapping trains exactly as CE (its stopped-gradient target makes
+its gradient 0.95 times CE's, which Adam does not see).
 """
 
 import ml_collections
