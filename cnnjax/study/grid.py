@@ -103,6 +103,31 @@ class Variant:
   method: str = ""
 
 
+def _literal(value: str, bare_words: bool) -> Any:
+  try:
+    return ast.literal_eval(value)
+  except (ValueError, SyntaxError):
+    if bare_words and value.isidentifier():
+      return value  # a bare word is a string: kind=symmetric
+    raise
+
+
+def _pairs(body: str, what: str, bare_words: bool) -> dict[str, Any]:
+  """``"k=v,k=v"`` -> ``{k: literal v}``; errors name ``what`` (the whole spec)."""
+  pairs: dict[str, Any] = {}
+  for item in filter(None, (s.strip() for s in body.split(","))):
+    key, eq, value = item.partition("=")
+    if not eq or not key.strip():
+      raise ValueError(f"{what}: option {item!r} must look like key=value")
+    try:
+      pairs[key.strip()] = _literal(value.strip(), bare_words)
+    except (ValueError, SyntaxError) as e:
+      raise ValueError(f"{what}: value {value.strip()!r} of {key.strip()!r} is not a Python "
+                       "literal (number, None, True/False, tuple)"
+                       + (" or a bare word" if bare_words else "")) from e
+  return pairs
+
+
 def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
   """``"focal:gamma=2.0,alpha=None"`` -> ``("focal", {"gamma": 2.0, "alpha": None})``.
 
@@ -116,26 +141,7 @@ def parse_loss_spec(spec: str) -> tuple[str, dict[str, Any]]:
     raise ValueError(f"loss spec {spec!r} must be a non-empty string like "
                      "'name' or 'name:key=value,key=value'")
   name, _, rest = spec.partition(":")
-  options: dict[str, Any] = {}
-  for item in filter(None, (s.strip() for s in rest.split(","))):
-    key, eq, value = item.partition("=")
-    if not eq or not key.strip():
-      raise ValueError(f"loss spec {spec!r}: option {item!r} must look like key=value")
-    try:
-      options[key.strip()] = ast.literal_eval(value.strip())
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f"loss spec {spec!r}: value {value.strip()!r} of {key.strip()!r} is not "
-                       "a Python literal (number, None, True/False, tuple)") from e
-  return name.strip(), options
-
-
-def _literal(value: str) -> Any:
-  try:
-    return ast.literal_eval(value)
-  except (ValueError, SyntaxError):
-    if value.isidentifier():
-      return value  # a bare word is a string: kind=symmetric
-    raise
+  return name.strip(), _pairs(rest, f"loss spec {spec!r}", bare_words=False)
 
 
 def parse_point(spec: str) -> tuple[str, dict[str, Any]]:
@@ -154,17 +160,7 @@ def parse_point(spec: str) -> tuple[str, dict[str, Any]]:
   label, sep, body = spec.partition(": ")
   if not sep:
     label, body = spec.strip(), spec
-  overrides: dict[str, Any] = {}
-  for item in filter(None, (s.strip() for s in body.split(","))):
-    key, eq, value = item.partition("=")
-    if not eq or not key.strip():
-      raise ValueError(f"study point {spec!r}: {item!r} must look like key=value")
-    try:
-      overrides[key.strip()] = _literal(value.strip())
-    except (ValueError, SyntaxError) as e:
-      raise ValueError(f"study point {spec!r}: value {value.strip()!r} of {key.strip()!r} is "
-                       "not a Python literal or a bare word") from e
-  return label.strip(), overrides
+  return label.strip(), _pairs(body, f"study point {spec!r}", bare_words=True)
 
 
 def _loss_label(name: str, options: dict[str, Any]) -> str:
