@@ -194,6 +194,10 @@ def dataset_record(data) -> dict[str, Any]:
   Args:
     data: a loaded `cnnjax.data.Dataset`.
   """
+  if "label" not in data.info.fields:  # nothing to count or corrupt (e.g. dense targets)
+    return {"label_noise": {"kind": "none"}, "class_imbalance": {"profile": "none"},
+            "noise_rate": 0.0, "splits": {s: {"examples": data.num_examples(s)}
+                                          for s in data.splits}}
   c = data.info.num_classes
   labels = {s: data.split_arrays(s, dtype=np.uint8)["label"] for s in data.splits}
   if data.corruption is None:
@@ -210,7 +214,8 @@ def summary_of(record: Mapping[str, Any]) -> dict[str, Any]:
   out = {"noise_rate": record["noise_rate"],
          "label_noise": record["label_noise"], "class_imbalance": record["class_imbalance"]}
   for split, entry in record["splits"].items():
-    out[f"{split}_class_counts"] = entry["class_counts"]
+    if "class_counts" in entry:
+      out[f"{split}_class_counts"] = entry["class_counts"]
     if "noise_rate" in entry:
       out[f"{split}_noise_rate"] = entry["noise_rate"]
   return out

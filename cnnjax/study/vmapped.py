@@ -40,6 +40,7 @@ from cnnjax.study.grid import group_key
 from cnnjax.training import tracking
 from cnnjax.training.build import Run, build_run
 from cnnjax.training.nonfinite import Diverged, NonFinitePolicy, NonFiniteStep
+from cnnjax.training.signals import Interrupted
 
 __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
 
@@ -215,7 +216,7 @@ def _compile(g: GroupRun) -> tuple[Callable, Callable]:
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
                 label: str = "", target: float | None = None,
-                select_by: str = "") -> list[dict[str, Any]]:
+                select_by: str = "", stop=None) -> list[dict[str, Any]]:
   """Trains the K runs of ``configs`` together; returns one result dict per run, in order.
 
   Args:
@@ -225,8 +226,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     label: a name for the group in progress lines.
     target: a value of the task's headline metric on validation whose first reach is
       reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
-    select_by: a validation metric (a key of the task's `finalize`); each run's state at
-      its best epoch by it is kept (on device) and tested too. "" = none.
+                select_by: str = "") -> list[dict[str, Any]]:
+                stop=None) -> list[dict[str, Any]]:
 
   Returns:
     Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
@@ -247,7 +248,7 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   compile_seconds = time.perf_counter() - t0
   lanes = [_Lane(r, target, select_by) for r in g.runs]
   state, best, step, train_seconds = _train_epochs(g, train_fn, eval_fn, lanes, log, label,
-                                                   bool(select_by))
+                                                   bool(select_by), stop)
   has_val = g.first.data.num_examples("validation") > 0
   test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
                    else [{}] * len(lanes))
@@ -263,7 +264,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   return results
 
 
-def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, select: bool):
+def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, select: bool,
+                  stop):
   """The epochs of a group; returns the final state, the selected states, steps, seconds."""
   first, k_runs = g.first, len(g.runs)
   names = ("loss", *first.task.train_metric_names)
@@ -292,6 +294,10 @@ def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, s
       best = _keep_improved(best, state, jnp.asarray(improved))
     if val is not None:
       log(_epoch_line(label, epoch, first, lanes, val, train_seconds))
+    if stop is not None and stop.requested:
+      raise Interrupted(f"interrupted by {stop.name} in {label or 'a study group'}, epoch "
+                        f"{epoch}; a study keeps no checkpoints: nothing was written",
+                        stop.exit_code)
   return state, best, step, train_seconds
 
 
