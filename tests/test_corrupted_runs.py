@@ -44,6 +44,9 @@ def test_noisy_run_records_flips_and_calibration(data_dir, tmp_path):
   val_t = summary["history"][-1]["val_temperature"]
   assert summary["test_temperature"] == val_t
   assert os.path.exists(os.path.join(workdir, "plots", "reliability.png"))
+  # The task's calibration lines appear once in the printed table, read from the summary.
+  table = loop.results_table(json.load(open(os.path.join(workdir, "summary.json"))))
+  assert table.count("test ECE / NLL") == 1 and f"{summary['test_ece']:.4f}" in table
 
 
 def test_study_conditions_methods_and_selection_on_validation(data_dir):

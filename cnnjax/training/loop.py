@@ -497,15 +497,6 @@ def _data_summary(record: dict[str, Any]) -> dict[str, Any]:
   return corruption.summary_of(record)
 
 
-def _task_rows(summary: dict[str, Any]) -> list[list[Any]]:
-  from cnnjax import tasks  # pylint: disable=g-import-not-at-top
-  from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
-  if summary.get("task") not in tasks.TASKS or summary.get("dataset") not in catalog.DATASETS:
-    return []
-  task = tasks.get_task(summary["task"], catalog.dataset_info(summary["dataset"]))
-  return [list(row) for row in task.summary_rows(summary)]
-
-
 def results_table(summary: dict[str, Any]) -> str:
   """The short table printed at the end of a run."""
   h = summary.get("headline", "accuracy")
@@ -513,7 +504,8 @@ def results_table(summary: dict[str, Any]) -> str:
   rows = [
       [f"test {h}", summary.get(f"test_{h}")],
       ["test loss", summary.get("test_loss")],
-      *(_task_rows(summary) if "test_loss" in summary else []),
+      # The task's own lines (reprinted runs show them too).
+      *[list(row) for row in summary.get("report_rows", [])],
       [f"best val {h}", "n/a" if best is None else
        f"{reporting.format_value(best)} (epoch {summary.get('best_epoch')})"],
       ["epochs / steps", f"{summary['epochs']} / {summary['steps']}"],
@@ -521,7 +513,6 @@ def results_table(summary: dict[str, Any]) -> str:
       ["compile seconds", summary["compile_seconds"]],
       ["train seconds", summary["train_seconds"]],
       ["examples / second", summary.get("examples_per_sec")],
-      *[list(row) for row in summary.get("report_rows", [])],
       ["status", summary["status"]],
   ]
   if summary.get("skipped_steps"):
