@@ -168,6 +168,24 @@ def get_config() -> ml_collections.ConfigDict:
 # ------------------------------------------------------------------------ validation
 
 
+def locate(config: ml_collections.ConfigDict, dotted: str) -> tuple[Any, str]:
+  """The section holding the key ``dotted`` ("optimizer.name") and the key's last part.
+
+  Raises:
+    KeyError: ``dotted`` is not a key of ``config``.
+  """
+  *parents, leaf = dotted.split(".")
+  node = config
+  try:
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(leaf)
+  except (KeyError, TypeError, AttributeError) as e:
+    raise KeyError(dotted) from e
+  return node, leaf
+
+
 def check_choice(key: str, value: Any, choices) -> None:
   """Raises ValueError unless ``value`` is one of ``choices``."""
   if value not in choices:

@@ -3,7 +3,7 @@
 Both act on the *whole* train split before the validation split is carved from it, so
 training and validation see the same corruption and the test split stays clean and
 balanced. Everything is a pure function of the labels and the configured seed (orders
-come from `cnnjax.data.pipeline.keyed_permutation`, which does not depend on numpy's
+come from `cnnjax.data.permutation.keyed_permutation`, which does not depend on numpy's
 random streams).
 
 **Class imbalance** (`subsample`) keeps, of class ``c``, the first ``n_c`` examples of a
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data.pipeline import _splitmix64, keyed_permutation
+from cnnjax.data.permutation import keyed_permutation, splitmix64
 
 NOISE_KINDS = ("none", "symmetric", "pairflip", "asymmetric")
 IMBALANCE_PROFILES = ("none", "exponential", "step")
@@ -89,8 +89,8 @@ def _flip_targets(labels: np.ndarray, kind: str, seed: int, num_classes: int) ->
   # symmetric: one of the other C - 1 classes, from a keyed hash of the example's index.
   key = np.zeros((), np.uint64)
   for k in (seed, _NOISE_KEY):
-    key = _splitmix64(key ^ np.uint64(k & 0xFFFFFFFFFFFFFFFF))
-  draws = _splitmix64(np.arange(len(labels), dtype=np.uint64) ^ key)
+    key = splitmix64(key ^ np.uint64(k & 0xFFFFFFFFFFFFFFFF))
+  draws = splitmix64(np.arange(len(labels), dtype=np.uint64) ^ key)
   offset = 1 + (draws % np.uint64(num_classes - 1)).astype(labels.dtype)
   return (labels + offset) % num_classes
 

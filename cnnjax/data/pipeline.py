@@ -36,49 +36,13 @@ import numpy as np
 
 from cnnjax.data import catalog
 from cnnjax.data import sources
+from cnnjax.data.permutation import keyed_permutation
 
 # The validation set is carved with this constant key, not config.seed, so that
 # every seed of an experiment is validated on the same examples.
 VALIDATION_KEY = 0x5EED_0F_7A11D
 
 _SPLITS = ("train", "validation", "test")
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-  """SplitMix64's output function (Steele, Lea & Flood, OOPSLA 2014), on uint64 arrays.
-
-  Used instead of numpy's Generator so that orders stay the same across numpy
-  releases (numpy promises no stream compatibility for Generator methods).
-  """
-  x = x.astype(np.uint64)
-  with np.errstate(over="ignore"):
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
-    return x ^ (x >> np.uint64(31))
-
-
-def keyed_permutation(n: int, *keys: int) -> np.ndarray:
-  """A permutation of ``range(n)`` that depends only on ``n`` and ``keys``.
-
-  Each index gets the pseudo-random sort key ``splitmix64(index ^ k)`` where
-  ``k`` mixes all ``keys``; sorting by it gives the permutation.
-
-  Examples:
-    >>> p = keyed_permutation(5, 0, 1)
-    >>> sorted(p.tolist())
-    [0, 1, 2, 3, 4]
-    >>> bool((keyed_permutation(5, 0, 1) == p).all())
-    True
-  """
-  k = np.zeros((), np.uint64)
-  for key in keys:
-    k = _splitmix64(k ^ np.uint64(key & 0xFFFFFFFFFFFFFFFF))
-  sort_keys = _splitmix64(np.arange(n, dtype=np.uint64) ^ k)
-  return np.argsort(sort_keys, kind="stable")
-
-
 def to_float(images: np.ndarray) -> np.ndarray:
   """uint8 pixels -> float32 in [0, 1] (``x / 255``)."""
   return images.astype(np.float32) / np.float32(255.0)

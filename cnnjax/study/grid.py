@@ -55,6 +55,7 @@ from typing import Any
 
 import ml_collections
 
+from cnnjax import config as schema
 from cnnjax import optimizers as optimizers_lib
 
 __all__ = [
@@ -170,14 +171,9 @@ def _loss_label(name: str, options: dict[str, Any]) -> str:
 
 
 def _set(config: ml_collections.ConfigDict, dotted: str, value: Any) -> None:
-  *parents, leaf = dotted.split(".")
-  node = config
   try:
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(leaf)
-  except (KeyError, TypeError, AttributeError) as e:
+    node, leaf = schema.locate(config, dotted)
+  except KeyError as e:
     raise ValueError(f"study: {dotted!r} is not a config key (see cnnjax/config.py)") from e
   # An int for a float key (ratio=10) is what the user meant.
   node[leaf] = float(value) if isinstance(node[leaf], float) and isinstance(value, int) \
