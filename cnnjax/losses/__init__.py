@@ -26,10 +26,12 @@ from cnnjax.losses._checks import names_list as _names_list
 from cnnjax.losses.classification import (
     binary_cross_entropy, binary_focal, categorical_cross_entropy, focal, kl_divergence,
     poly1_cross_entropy, sparse_categorical_cross_entropy, valid_mask)
-from cnnjax.losses.generative import gan_discriminator, gan_generator
+from cnnjax.losses.generative import (
+    gan_discriminator, gan_generator, gan_hinge_discriminator, gan_hinge_generator,
+    lsgan_discriminator, lsgan_generator, r1_penalty)
 from cnnjax.losses.margin import (
     categorical_hinge, hinge, hinge_embedding, multi_margin, squared_hinge)
-from cnnjax.losses.metric_learning import contrastive, triplet_margin
+from cnnjax.losses.metric_learning import contrastive, supervised_contrastive, triplet_margin
 from cnnjax.losses.regression import (
     cosine_similarity, gaussian_nll, huber, log_cosh, mean_absolute_error,
     mean_absolute_percentage_error, mean_squared_error, mean_squared_log_error, poisson,
@@ -60,6 +62,10 @@ _LOSSES: dict[str, LossFn] = {
         sequence_cross_entropy,
         # Generative.
         gan_discriminator, gan_generator,
+        # Metric learning on a whole batch; more adversarial losses and the R1 penalty.
+        supervised_contrastive,
+        gan_hinge_discriminator, gan_hinge_generator, lsgan_discriminator, lsgan_generator,
+        r1_penalty,
     )
 }
 
@@ -110,6 +116,12 @@ ALIASES: dict[str, str] = {
     "seq_ce": "sequence_cross_entropy",
     "gan_d": "gan_discriminator",
     "gan_g": "gan_generator",
+    "supcon": "supervised_contrastive",
+    "gan_hinge_d": "gan_hinge_discriminator",
+    "gan_hinge_g": "gan_hinge_generator",
+    "lsgan_d": "lsgan_discriminator",
+    "lsgan_g": "lsgan_generator",
+    "r1": "r1_penalty",
 }
 
 

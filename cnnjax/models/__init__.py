@@ -31,6 +31,8 @@ import flax.linen as nn
 
 from cnnjax.models import layers
 from cnnjax.models.classic import BNCNN, KerasCifarCNN, LeNet5, MnistCNN, SimpleCNN
+from cnnjax.models.embedding import EmbeddingCNN
+from cnnjax.models.gan import DCGAN, GAN_MODELS
 from cnnjax.models.resnet import BasicBlock, CifarResNet
 from cnnjax.models.vgg import VGG
 
@@ -52,6 +54,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": ResNet20,
     "resnet18": ResNet18,
     "tiny_cnn": TinyCNN,
+    "embedding_cnn": EmbeddingCNN,
 }
 
 # Options that only say how to run BatchNorm; harmless to drop for models without it.
@@ -114,7 +117,7 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "BNCNN", "BasicBlock", "CifarResNet", "KerasCifarCNN", "LeNet5", "MODELS", "MnistCNN",
+    "BNCNN", "BasicBlock", "CifarResNet", "DCGAN", "EmbeddingCNN", "GAN_MODELS", "KerasCifarCNN", "LeNet5", "MODELS", "MnistCNN",
     "ResNet18", "ResNet20", "SimpleCNN", "TinyCNN", "VGG", "VGGSmall", "get_model",
     "has_batch_norm", "layers", "model_names",
 ]

@@ -202,7 +202,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     ``best_val_<headline>``, ``best_epoch``, ``final_val_<headline>``, ``headline``,
     ``headline_goal``, ``diverged``, ``diverged_step``, ``steps_to_target``,
     ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
-    (the group's, shared by its K runs), ``group_size``. ``seconds`` and
+    (the group's, shared by its K runs), ``group_size``, and ``start_test_<metric>`` (the
+    initial state's test result) for a task with ``evaluate_at_start``. ``seconds`` and
     ``seconds_to_target`` are the group's wall time divided by K: a run's share.
   """
   log = log or (lambda _: None)
@@ -215,6 +216,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   lanes = [_Lane(r, target) for r in g.runs]
   state, step, train_seconds = g.state, 0, 0.0
   has_val = first.data.num_examples("validation") > 0
+  start = (_evaluate(g, eval_fn, state, "test") if first.task.evaluate_at_start
+           else [{}] * k_runs)
   for epoch in range(1, first.num_epochs + 1):
     t_epoch = time.perf_counter()
     pending = []
@@ -237,8 +240,9 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     if val is not None:
       log(_epoch_line(label, epoch, first, lanes, val, train_seconds))
   test = _evaluate(g, eval_fn, state, "test")
-  return [_result(lane, t, step, compile_seconds, train_seconds, k_runs)
-          for lane, t in zip(lanes, test)]
+  return [{**_result(lane, t, step, compile_seconds, train_seconds, k_runs),
+           **{f"start_test_{k}": v for k, v in lane.run.task.scalars(s).items()}}
+          for lane, t, s in zip(lanes, test, start)]
 
 
 def _epoch_line(label, epoch, first: Run, lanes, val, train_seconds) -> str:
