@@ -1,0 +1,39 @@
+"""Metric-learning losses on the same embedding network, optimizer and data, x 3 seeds.
+
+    python -m experiments.compare --config=experiments/configs/compare_metric_losses.py
+
+Digits (embedded), embedding_cnn (32-d, L2-normalised), AdamW 3e-3 with cosine decay,
+batch 32 anchors + 32 partners, +-1 pixel shifts, 8 epochs: contrastive (margin 1, random
+pairs), triplet (margin 0.2) with random, batch-hard and semi-hard mining, supervised
+contrastive (temperature 0.1). All 15 runs are one vmapped group. Ranked by test
+recall@1; each run also reports the raw-pixel baseline of the same test split (recall@1
+0.9667). Measured result: README, "Metric learning".
+"""
+
+import ml_collections
+
+from experiments.configs import metric_learning
+
+
+def get_config() -> ml_collections.ConfigDict:
+  base = metric_learning.get_config()
+  base.num_epochs = 8
+  base.eval_every_epochs = 4
+  base.parallel = "none"
+  base.progress = "none"
+
+  c = ml_collections.ConfigDict()
+  c.title = "Metric-learning losses on digits"
+  c.base = base
+  c.optimizers = ()
+  c.learning_rates = ()
+  c.losses = (
+      "contrastive:margin=1.0,mining='random'",
+      "triplet_margin:margin=0.2,mining='random'",
+      "triplet_margin:margin=0.2,mining='batch_hard'",
+      "triplet_margin:margin=0.2,mining='semi_hard'",
+      "supervised_contrastive:temperature=0.1",
+  )
+  c.seeds = (0, 1, 2)
+  c.target = 0.98
+  return c
