@@ -274,7 +274,7 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
 
 def main(argv: list[str]) -> None:
   del argv
-  cli.configure_process()
+  cli.configure_process(cache=False)  # compile_seconds is a compilation, not a cache load
   if FLAGS.models == ["all"]:
     FLAGS.models = [m for m in models.model_names() if m != "tiny_cnn"]
   unknown = [m for m in FLAGS.models if m not in models.MODELS]

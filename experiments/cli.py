@@ -163,11 +163,16 @@ def compilation_cache() -> str | None:
   return path
 
 
-def configure_process() -> dict:
-  """The entry points' process settings; returns what `cpu_runtime.configure` applied."""
+def configure_process(*, cache: bool = True) -> dict:
+  """The entry points' process settings; returns what `cpu_runtime.configure` applied.
+
+  ``cache=False`` leaves JAX's persistent compilation cache off (the benchmark measures
+  compilation itself).
+  """
   from cnnjax import cpu_runtime  # pylint: disable=g-import-not-at-top
   applied = cpu_runtime.configure()
-  compilation_cache()
+  if cache:
+    compilation_cache()
   level = logging.INFO if verbose() else logging.WARNING
   logging.set_verbosity(level)
   # tfds and jax log through the standard library; their routine notes (a missing
@@ -188,7 +193,6 @@ def run(main: Callable[[list[str]], None]) -> None:
   try:
     app.run(wrapped, flags_parser=parse_flags)
   except KeyboardInterrupt:
-    # Ctrl-C before the command installed its own handler.
-    print("interrupted by SIGINT before training started; nothing was saved", file=sys.stderr,
-          flush=True)
+    # Ctrl-C where the command has no stop handler of its own (imports, flag parsing).
+    print("interrupted by SIGINT", file=sys.stderr, flush=True)
     sys.exit(130)

@@ -50,7 +50,7 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 def digits_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("digits_data")
   start = time.perf_counter()
-  sources.ensure_digits(str(path))
+  sources.ensure_embedded("digits", str(path))
   elapsed = time.perf_counter() - start
   # No network is reachable here, so any download attempt would hang for minutes.
   assert elapsed < 30, f"preparing digits took {elapsed:.1f} s"
