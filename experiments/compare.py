@@ -82,11 +82,13 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   variants = grid.expand(study)
-  groups = grid.group_variants(variants)
+  vmap = study.get("vmap", True)
+  groups = grid.group_variants(variants, vmap=vmap)
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); {base.model} on "
+  kind = "vmapped group(s)" if vmap else "separate runs (vmap=False)"
+  log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, stop)
   timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
@@ -102,9 +104,12 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   names = plots.plot_all(results, os.path.join(workdir, "plots"), title)
   metric, _ = report.headline_of(results)
   desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
-          f"{tuple(study.seeds)}. Variants that differ only in seed, learning rate or loss "
-          f"were trained together in one vmapped program ({len(groups)} group(s)). "
-          f"Target for 'steps to target': validation {metric} "
+          f"{tuple(study.seeds)}. "
+          + (f"Variants that differ only in seed, learning rate or loss were trained together "
+             f"in one vmapped program ({len(groups)} group(s)). " if vmap else
+             "Every run was trained alone (vmap=False; programs shared through the "
+             "compilation cache). ")
+          + f"Target for 'steps to target': validation {metric} "
           f"{'>=' if results[0]['headline_goal'] == 'max' else '<='} {target}.")
   text = report.write_report(os.path.join(workdir, "report.md"), title=title, description=desc,
                              results=results, target=target,

@@ -11,7 +11,9 @@ A *study config* (``experiments/configs/compare_*.py``) holds a full experiment 
 * ``seeds``: the seeds every setting is repeated with (>= 1);
 * ``target``: a value of the task's headline metric on validation (e.g. accuracy 0.97)
   whose first reach is reported per run (optional);
-* ``title``: the report's title.
+* ``title``: the report's title;
+* ``vmap``: False trains every run alone (one compiled program per structure, reused
+  through the compilation cache) instead of stacking value-only differences.
 
 A *variant* is one point of the product; a *setting* is a variant without its seed (the
 unit that results are averaged over). Variants differ in *values* (seed, learning rate,
@@ -57,7 +59,8 @@ VALUE_KEYS = ("seed", "optimizer.learning_rate", "loss")
 # Keys that change only how a run is displayed.
 _PRESENTATION_KEYS = ("progress", "log_every_steps")
 
-STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target", "title")
+STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target", "title",
+              "vmap")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,8 +223,11 @@ def group_key(config: ml_collections.ConfigDict) -> str:
   return json.dumps(d, sort_keys=True)
 
 
-def group_variants(variants: Sequence[Variant]) -> list[list[Variant]]:
-  """Variants grouped by `group_key`, groups in order of first appearance."""
+def group_variants(variants: Sequence[Variant], *, vmap: bool = True) -> list[list[Variant]]:
+  """Variants grouped by `group_key`, groups in order of first appearance; with
+  ``vmap=False`` one group per variant."""
+  if not vmap:
+    return [[v] for v in variants]
   groups: dict[str, list[Variant]] = {}
   for v in variants:
     groups.setdefault(group_key(v.config), []).append(v)

@@ -164,11 +164,7 @@ class Generation(Task):
     from cnnjax.tasks import reference  # pylint: disable=g-import-not-at-top
     if self.reference is None:
       self.reference = reference.load(self.config)
-      images = data.split_arrays("train")["image"]
-      features = jax.jit(lambda x: self.reference.features(x)[0])
-      f = np.concatenate([np.asarray(features(images[i:i + 512]), np.float64)
-                          for i in range(0, len(images), 512)])
-      self.train_gaussian = (f.mean(axis=0), np.cov(f, rowvar=False))
+      self.train_gaussian = self.reference.gaussian(data.split_arrays("train")["image"])
     if isinstance(data, GenerationView):
       return data
     return GenerationView(data, self.config.gan.num_samples)

@@ -15,6 +15,8 @@ and the run's own directory.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import os
 import sys
@@ -25,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import serialization
 
 # Models whose penultimate features are the output of their layer "flatten".
@@ -39,6 +42,19 @@ class Reference:
   variables: Any
   test_accuracy: float
   directory: str
+  _gaussians: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
+
+  def gaussian(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean, covariance)`` in float64 of the features of ``images`` ``[N, H, W, C]``
+    (remembered per image set: the training images' Gaussian is asked for by every run of
+    a study)."""
+    key = hashlib.sha1(np.ascontiguousarray(images).tobytes()).hexdigest()
+    if key not in self._gaussians:
+      features = jax.jit(lambda x: self.features(x)[0])
+      f = np.concatenate([np.asarray(features(images[i:i + 512]), np.float64)
+                          for i in range(0, len(images), 512)])
+      self._gaussians[key] = (f.mean(axis=0), np.cov(f, rowvar=False))
+    return self._gaussians[key]
 
   def features(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``images [N, H, W, C] -> (features [N, F], softmax probabilities [N, classes])``."""
@@ -89,8 +105,8 @@ def _train(ref: ml_collections.ConfigDict, where: str) -> tuple[Any, dict[str, A
 
 
 def load(config: ml_collections.ConfigDict) -> Reference:
-  """The reference classifier for ``config`` (trained and cached on first use)."""
-  from cnnjax.models import get_model  # pylint: disable=g-import-not-at-top
+  """The reference classifier for ``config`` (trained and cached on first use; read once
+  per process)."""
   from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
   where = directory(config)
   weights, record_path = os.path.join(where, "variables.msgpack"), os.path.join(where,
@@ -103,12 +119,17 @@ def load(config: ml_collections.ConfigDict) -> Reference:
       with open(tmp, "wb") as f:
         f.write(payload)
       os.replace(tmp, path)  # another process may have written the same bytes first
-  with open(weights, "rb") as f:
+  return _read(where, config.gan.reference_model,
+               catalog.dataset_info(config.dataset).num_classes)
+
+
+@functools.lru_cache(maxsize=8)
+def _read(where: str, model_name: str, num_classes: int) -> Reference:
+  from cnnjax.models import get_model  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(where, "variables.msgpack"), "rb") as f:
     variables = serialization.msgpack_restore(f.read())
-  with open(record_path) as f:
+  with open(os.path.join(where, "reference.json")) as f:
     record = json.load(f)
-  model = get_model(config.gan.reference_model,
-                    num_classes=catalog.dataset_info(config.dataset).num_classes,
-                    implementation="lax")
+  model = get_model(model_name, num_classes=num_classes, implementation="lax")
   return Reference(model=model, variables=jax.tree.map(jnp.asarray, variables),
                    test_accuracy=float(record["test_accuracy"]), directory=where)
