@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import logging as std_logging
 import os
 import re
@@ -37,12 +38,29 @@ def verbose(argv: Sequence[str] | None = None) -> bool:
              for a in (sys.argv if argv is None else argv))
 
 
+def say(line: str) -> None:
+  """Writes ``line`` and its newline to stderr in one system call.
+
+  Several processes of one run share the terminal or pipe; one ``write`` of fewer
+  than PIPE_BUF bytes is atomic, two (``print`` writes the text, then the end) can
+  interleave with a peer's.
+  """
+  sys.stderr.flush()
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, ValueError, io.UnsupportedOperation):  # a captured stream
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    return
+  os.write(fd, (line + "\n").encode())
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT, *, exc: BaseException | None = None):
   """Prints ``error: <first line of message>`` on stderr and exits with ``code``."""
   if exc is not None and verbose():
     traceback.print_exception(exc)
   line = " ".join(str(message).split("\n")[0].split()) or type(exc).__name__
-  print(f"error: {line}", file=sys.stderr, flush=True)
+  say(f"error: {line}")
   sys.exit(code)
 
 
@@ -194,5 +212,5 @@ def run(main: Callable[[list[str]], None]) -> None:
     app.run(wrapped, flags_parser=parse_flags)
   except KeyboardInterrupt:
     # Ctrl-C where the command has no stop handler of its own (imports, flag parsing).
-    print("interrupted by SIGINT", file=sys.stderr, flush=True)
+    say("interrupted by SIGINT")
     sys.exit(130)

@@ -136,7 +136,7 @@ def main(argv):
     out = run_study(study, workdir, measure_vmap=_MEASURE.value,
                     measure_steps=_MEASURE_STEPS.value, stop=stop)
   except Interrupted as e:
-    print(str(e), file=sys.stderr, flush=True)
+    cli.say(str(e))
     sys.exit(e.exit_code)
   except (ValueError, TypeError) as e:  # DatasetNotFoundError is a ValueError
     cli.fail(str(e), exc=e)
