@@ -98,8 +98,7 @@ def test_train_step_updates_the_discriminator_then_the_generator(tiny_gan):
   batch = {"image": jax.random.uniform(jax.random.key(2), (6, 8, 8, 1))}
   rng = jax.random.key(5)
   step = jax.jit(functools.partial(adversarial.train_step, loss_fn=loss_fn, latent_dim=4))
-  compiled = step.lower(state, batch, rng).compile()
-  new, metrics = compiled(state, batch, rng)
+  new, metrics = step(state, batch, rng)
 
   z = jax.random.normal(jax.random.fold_in(rng, 0), (6, 4))
   g0, d0, stats = state.generator.params, state.discriminator.params, state.generator.batch_stats
@@ -123,12 +122,6 @@ def test_train_step_updates_the_discriminator_then_the_generator(tiny_gan):
   assert int(new.step) == 1 and float(metrics["r1"]) == 0.0
   assert set(metrics) >= {"loss", "d_loss", "g_loss", "d_real", "d_fake", "grad_norm",
                           "learning_rate", "nonfinite"}
-  # Without R1 XLA drops the second-order term: a step with R1 does much more work
-  # (measured: 1.8x the flops with the CPU default "hybrid" convolutions, 1.3x with "lax").
-  with_r1 = TASK.make_loss(ml_collections.ConfigDict({"name": "gan_hinge_d", "r1_gamma": 1.0}))
-  flops = [c.cost_analysis()["flops"] for c in (compiled, jax.jit(functools.partial(
-      adversarial.train_step, loss_fn=with_r1, latent_dim=4)).lower(state, batch, rng).compile())]
-  assert flops[1] > 1.25 * flops[0], flops
 
 
 def test_frechet_distance_against_scipy():

@@ -158,18 +158,27 @@ def test_evaluation_batches_cover_queries_and_gallery_once(paired):
   assert len(batches) == -(-paired.num_examples("train") // 256)
 
 
-def test_config_errors():
+def _triplet_config():
+  """metric_learning.py with the triplet loss and batch-hard mining (mining in the step)."""
   c = ml_config.get_config()
-  config_lib.validate(c)
+  c.loss.name, c.loss.temperature = "triplet_margin", None
+  c.loss.margin, c.loss.mining = 0.2, "batch_hard"
+  return c
+
+
+def test_config_errors():
+  config_lib.validate(ml_config.get_config())
+  config_lib.validate(_triplet_config())
   bad = [({"model": "bn_cnn"}, "normalize=True needs a model"),
-         ({"loss.name": "focal"}, r"cannot train an embedding; use one of \['contrastive'"),
+         ({"loss.name": "focal", "loss.margin": None, "loss.mining": None},
+          r"cannot train an embedding; use one of \['contrastive'"),
          ({"loss.mining": "hardest"}, "loss.mining='hardest' is not accepted"),
          ({"loss.name": "supervised_contrastive", "loss.margin": None},
           "loss.mining is not an option of supervised_contrastive"),
          ({"loss.swap": True, "loss.name": "contrastive"}, "loss.swap is not an option of "
           "contrastive")]
   for overrides, message in bad:
-    c = ml_config.get_config()
+    c = _triplet_config()
     for key, value in overrides.items():
       *parents, leaf = key.split(".")
       node = c
@@ -181,7 +190,7 @@ def test_config_errors():
 
 
 def test_short_run_end_to_end(tmp_path, data_dir):
-  c = ml_config.get_config()
+  c = _triplet_config()
   c.data_dir = data_dir
   c.num_train_steps = 12
   c.log_every_steps = 6
