@@ -87,7 +87,7 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  kind = "vmapped group(s)" if vmap else "separate runs (vmap=False)"
+  kind = "vmapped group(s)" if vmap else "separate programs (vmap=False)"
   log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, stop)

@@ -6,7 +6,17 @@ Width-16 DCGAN pair (55,410 parameters), batch 32, Adam 5e-4 with b1 = 0.5 for b
 networks (Radford et al.'s betas, a higher rate for these small networks), an EMA of the
 generator's weights (0.999) for evaluation, 150 epochs (6,000 steps of each network),
 validated (and a sample grid written) every 5 epochs.
-Expected: see README, "Generation".
+
+Measured (2-core CPU; seeds 0, 1, 2; mean +- std), test split (360 images) in the features
+of the cached reference classifier (bn_cnn, test accuracy 0.9972):
+
+    Fréchet distance    17.72 +- 0.94  (floor, train vs test: 8.72; step 0: 415 +- 13)
+    distance / floor     2.03 +- 0.11
+    mean confidence     0.915 +- 0.004 (on the test images: 0.993)
+    classes covered     10 in every seed (smallest class share 0.073 +- 0.005)
+
+Wall 3 min 18 s (load average 6-10 from other jobs) to 9 min 43 s (load 10-13) per
+run; 121-131 s of CPU time each, 103-254 s of training.
 """
 
 from experiments.configs import base
