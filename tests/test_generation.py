@@ -208,3 +208,15 @@ def test_config_errors(data_dir):
       node[leaf] = value
     with pytest.raises(ValueError, match=message):
       config_lib.validate(c)
+
+
+def test_gan_study_trains_every_run_alone():
+  from cnnjax.study import grid
+  from experiments.configs import compare_gan_losses
+  study = compare_gan_losses.get_config()
+  variants = grid.expand(study)
+  assert len(variants) == 18 and len({v.setting for v in variants}) == 6
+  assert [len(g) for g in grid.group_variants(variants, vmap=study.vmap)] == [1] * 18
+  assert len(grid.group_variants(variants)) == 1  # value-only differences: one group
+  with pytest.raises(ValueError, match="study.vmap='no'"):
+    grid.expand(ml_collections.ConfigDict({**study.to_dict(), "vmap": "no"}))
