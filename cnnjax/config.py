@@ -59,6 +59,10 @@ LOSS_OPTIONS: dict[str, type] = {
     "class_counts": tuple,     # ldam; None = the training split's
     "max_margin": float,       # ldam
     "scale": float,            # ldam
+    "mining": str,             # metric_learning pair / triplet losses: random | batch_hard |
+                               # semi_hard (cnnjax.losses.mining); None = random
+    "temperature": float,      # supervised_contrastive
+    "r1_gamma": float,         # generation: R1 penalty weight on real data; None = no penalty
 }
 
 
@@ -92,23 +96,8 @@ def _optimizer_section() -> ml_collections.ConfigDict:
   ))
 
 
-def get_config() -> ml_collections.ConfigDict:
-  """The schema: every key with its one default."""
-  c = ml_collections.ConfigDict()
-
-  # What is learned.
-  c.task = "classification"   # see cnnjax.tasks
-  c.dataset = "digits"        # see cnnjax.data.catalog (digits is embedded, offline)
-  c.data_dir = ""             # "" means $CNNJAX_DATA_DIR, else ~/tensorflow_datasets
-  c.validation_fraction = 0.1  # carved deterministically from the train split; 0 = none
-  c.augment = ml_collections.ConfigDict(dict(
-      crop_padding=0,         # random crop after zero padding by this many pixels (a shift)
-      flip=False,             # random horizontal flip
-      rotation_degrees=0.0,   # random rotation in [-d, d]
-      scale=0.0,              # random zoom in [1 - s, 1 + s]
-      cutout=0,               # side of a zeroed square at a random place (0 = off)
-  ))
-
+def _add_corruption_sections(c: ml_collections.ConfigDict) -> None:
+  """label_noise, class_imbalance, reweighting."""
   # Corrupted training data: applied to the train split before the validation split is
   # carved from it, so validation is corrupted alike; test stays clean and balanced
   # (cnnjax.data.corruption). What was changed is written to the run's data.json.
@@ -129,6 +118,49 @@ def get_config() -> ml_collections.ConfigDict:
       start_fraction=0.0,     # weights from this fraction of training on (0.8 = DRW, Cao et al. 2019)
   ))
 
+
+def _add_task_sections(c: ml_collections.ConfigDict) -> None:
+  """The sections of the tasks other than classification."""
+  # Task metric_learning (cnnjax.tasks.metric_learning): the model's output is the embedding.
+  c.metric_learning = ml_collections.ConfigDict(dict(
+      embedding_dim=32,       # embedding size (the model's output width)
+      normalize=True,         # L2-normalise embeddings (needs a model with a `normalize`
+                              # field: embedding_cnn)
+      knn_k=5,                # neighbours of the k-NN accuracy against training embeddings
+  ))
+  # Task generation (cnnjax.tasks.generation): `optimizer` trains the generator,
+  # `gan.discriminator_optimizer` the discriminator.
+  c.gan = ml_collections.ConfigDict(dict(
+      latent_dim=32,          # size of the generator's input z ~ N(0, I)
+      width=32,               # channel unit of both networks (cnnjax.models.gan)
+      discriminator_optimizer=_optimizer_section(),
+      reference_model="bn_cnn",  # classifier whose features the Fréchet distance compares,
+      reference_epochs=30,       # trained once per dataset with these epochs, then cached
+      num_samples=0,          # generated samples per evaluation; 0 = as many as the
+                              # train split has (the train-vs-test floor's sample size)
+      grid_size=64,           # fixed latent vectors drawn in plots/samples_epoch_NNN.png
+  ))
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The schema: every key with its one default."""
+  c = ml_collections.ConfigDict()
+
+  # What is learned.
+  c.task = "classification"   # see cnnjax.tasks
+  c.dataset = "digits"        # see cnnjax.data.catalog (digits is embedded, offline)
+  c.data_dir = ""             # "" means $CNNJAX_DATA_DIR, else ~/tensorflow_datasets
+  c.validation_fraction = 0.1  # carved deterministically from the train split; 0 = none
+  c.augment = ml_collections.ConfigDict(dict(
+      crop_padding=0,         # random crop after zero padding by this many pixels (a shift)
+      flip=False,             # random horizontal flip
+      rotation_degrees=0.0,   # random rotation in [-d, d]
+      scale=0.0,              # random zoom in [1 - s, 1 + s]
+      cutout=0,               # side of a zeroed square at a random place (0 = off)
+  ))
+
+  _add_corruption_sections(c)
+
   # Model.
   c.model = "bn_cnn"          # see cnnjax.models
   c.dropout_rate = config_dict.placeholder(float)  # None = the model's own default
@@ -145,6 +177,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = _loss_section()
   # Optimizer (README, "Optimizers").
   c.optimizer = _optimizer_section()
+
+  _add_task_sections(c)
 
   # Devices.
   c.parallel = "auto"         # auto | none | pmap | sharded
@@ -286,6 +320,19 @@ def _check_data_sections(c: ml_collections.ConfigDict) -> None:
            f"asymmetric noise maps digit classes; dataset={c.dataset!r} has {classes} classes")
 
 
+def _check_task_sections(c: ml_collections.ConfigDict) -> None:
+  m, g = c.metric_learning, c.gan
+  for key in ("embedding_dim", "knn_k"):
+    _check(_is_int(m[key]) and m[key] > 0, f"metric_learning.{key}", m[key],
+           "expected an integer > 0")
+  _check(isinstance(m.normalize, bool), "metric_learning.normalize", m.normalize,
+         "expected True or False")
+  for key in ("latent_dim", "width", "reference_epochs", "grid_size"):
+    _check(_is_int(g[key]) and g[key] > 0, f"gan.{key}", g[key], "expected an integer > 0")
+  _check(_is_int(g.num_samples) and g.num_samples >= 0, "gan.num_samples", g.num_samples,
+         "expected an integer >= 0 (0 = as many as the train split has)")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key of ``config``; raises ValueError (one line) for the first bad one.
 
@@ -294,13 +341,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
   section. Reads no data and compiles nothing.
   """
   # Imported here: a config file imports this module, and must stay instant to load.
-  from cnnjax import models, optimizers, parallel, tasks  # pylint: disable=g-import-not-at-top
+  from cnnjax import optimizers, parallel, tasks  # pylint: disable=g-import-not-at-top
   from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
 
   _check_keys(config)
   check_choice("task", config.task, tasks.names())
   check_choice("dataset", config.dataset, catalog.DATASETS)
-  check_choice("model", config.model, models.MODELS)
+  check_choice("model", config.model, tasks.TASKS[config.task].model_names())
   check_choice("dtype", config.dtype, DTYPES)
   check_choice("parallel", config.parallel, parallel.MODES)
   check_choice("bn_sync", config.bn_sync, parallel.BN_SYNC)
@@ -308,6 +355,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice("progress", config.progress, PROGRESS)
   _check_numbers(config)
   _check_data_sections(config)
+  _check_task_sections(config)
   info = catalog.dataset_info(config.dataset)
   missing = [f for f in tasks.TASKS[config.task].batch_fields if f not in info.fields]
   if missing:
@@ -318,6 +366,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   task = tasks.get_task(config.task, info, config=config)
   task.check_loss(config.loss)
   optimizers.validate(config.optimizer)
+  task.check_config(config)
 
 
 def loss_options(loss_config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -93,11 +93,12 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   variants = grid.expand(study)
-  groups = grid.group_variants(variants, vmap=study.get("vmap", True))
+  vmap = study.get("vmap", True)
+  groups = grid.group_variants(variants, vmap=vmap)
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  kind = "vmapped group(s)" if study.get("vmap", True) else "separate runs (vmap=False)"
+  kind = "vmapped group(s)" if vmap else "separate programs (vmap=False)"
   log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, stop,
@@ -116,9 +117,11 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   names = plots.plot_all(results, os.path.join(workdir, "plots"), title)
   metric, _ = report.headline_of(results)
   desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
-          f"{tuple(study.seeds)}. Variants that differ only in seed, learning rate or loss "
-          + ("were trained together in one vmapped program" if study.get("vmap", True) else
-             "were trained one at a time (vmap=False)") + f" ({len(groups)} group(s)). "
+          f"{tuple(study.seeds)}. "
+          + (f"Variants that differ only in seed, learning rate or loss were trained together "
+             f"in one vmapped program ({len(groups)} group(s)). " if vmap else
+             "Every run was trained alone (vmap=False; programs shared through the "
+             "compilation cache). ")
           + (f"Selected epoch: the best validation {study.select_by} of each run "
              "('selected' columns test that epoch's state; the validation split carries "
              "the same corruption as training). " if study.get("select_by", "") else "")

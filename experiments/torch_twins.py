@@ -142,8 +142,18 @@ def tiny_cnn(shape):
   return nn.Sequential(*modules, nn.Flatten(), nn.Linear(_flat(cout, h // 4, w // 4), 10))
 
 
+class _L2Normalize(nn.Module):
+  def forward(self, x):
+    return torch.nn.functional.normalize(x, dim=-1, eps=1e-12)
+
+
+def embedding_cnn(shape):
+  # bn_cnn with its 10 outputs read as an embedding, L2-normalised (the default).
+  return nn.Sequential(*bn_cnn(shape), _L2Normalize())
+
+
 TWINS = {f.__name__: f for f in (simple_cnn, keras_cifar_cnn, mnist_cnn, lenet5, bn_cnn,
-                                 vgg_small, resnet20, resnet18, tiny_cnn)}
+                                 vgg_small, resnet20, resnet18, tiny_cnn, embedding_cnn)}
 
 
 def twin(name: str, shape: tuple[int, int, int], expected_params: int) -> nn.Module:

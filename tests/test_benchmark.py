@@ -50,7 +50,7 @@ def test_torch_ports_match_parameter_counts():
 TWIN_SHAPES = [("simple_cnn", (32, 32, 3)), ("keras_cifar_cnn", (32, 32, 3)),
                ("mnist_cnn", (28, 28, 1)), ("lenet5", (28, 28, 1)), ("bn_cnn", (8, 8, 1)),
                ("vgg_small", (8, 8, 3)), ("resnet20", (8, 8, 3)), ("resnet18", (8, 8, 1)),
-               ("tiny_cnn", (8, 8, 1))]
+               ("tiny_cnn", (8, 8, 1)), ("embedding_cnn", (8, 8, 1))]
 
 
 def test_every_model_has_a_twin():

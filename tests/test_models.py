@@ -99,6 +99,7 @@ COUNTS = {
     "lenet5": count_lenet5,
     "bn_cnn": count_bn_cnn,
     "tiny_cnn": count_tiny_cnn,
+    "embedding_cnn": count_bn_cnn,  # bn_cnn's layers; the last Dense is the embedding
     "vgg_small": count_vgg_small,
     "resnet20": count_resnet20,
     "resnet18": count_resnet18,
@@ -106,7 +107,8 @@ COUNTS = {
 
 # Smallest accepted side, derived in each model's docstring; None = any size.
 MIN_SIDE = {"simple_cnn": 4, "keras_cifar_cnn": 18, "mnist_cnn": None, "lenet5": 12,
-            "bn_cnn": 4, "tiny_cnn": 4, "vgg_small": 8, "resnet20": None, "resnet18": None}
+            "bn_cnn": 4, "tiny_cnn": 4, "vgg_small": 8, "resnet20": None, "resnet18": None,
+            "embedding_cnn": 4}
 
 
 def supported(name, shape):
@@ -232,7 +234,7 @@ def _train_losses(name, shape, steps, lr, batch=4):
 TRAIN_SHAPE = {"simple_cnn": (32, 32, 3), "keras_cifar_cnn": (32, 32, 3),
                "mnist_cnn": (28, 28, 1), "lenet5": (28, 28, 1), "bn_cnn": (8, 8, 1),
                "tiny_cnn": (8, 8, 1), "vgg_small": (8, 8, 1), "resnet20": (8, 8, 1),
-               "resnet18": (8, 8, 1)}
+               "resnet18": (8, 8, 1), "embedding_cnn": (8, 8, 1)}
 TRAIN_CASES = [
     pytest.param(name, TRAIN_SHAPE[name],
                  marks=[pytest.mark.slow] if name in ("resnet18", "vgg_small") else [])

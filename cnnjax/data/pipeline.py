@@ -31,11 +31,9 @@ import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import grain
 import numpy as np
 
 from cnnjax.data import catalog
-from cnnjax.data import sources
 from cnnjax.data.permutation import keyed_permutation
 
 # The validation set is carved with this constant key, not config.seed, so that
@@ -234,6 +232,7 @@ class Dataset:
       return batch
 
     # A grain MapDataset is random access: element k is built from step k only.
+    import grain  # pylint: disable=g-import-not-at-top
     steps = grain.MapDataset.range(start_step, self.steps_per_epoch).map(make_batch)
     for k in range(len(steps)):
       yield steps[k]
@@ -334,6 +333,7 @@ def load(config: Any) -> Dataset:
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"config.{key}={value!r} must be a positive integer")
   info = catalog.dataset_info(name)
+  from cnnjax.data import sources  # pylint: disable=g-import-not-at-top
   data_dir = sources.resolve_data_dir(_cfg(config, "data_dir"))
   train_src, test_src = sources.open_splits(name, data_dir, (info.train_split, info.test_split))
   train = sources.read_fields(train_src, info, data_dir=data_dir, split=info.train_split)

@@ -30,9 +30,12 @@ from cnnjax.losses.calibration import brier, focal_sample_dependent
 from cnnjax.losses.generative import gan_discriminator, gan_generator
 from cnnjax.losses.imbalance import (
     class_balanced_weights, ldam, ldam_margins, logit_adjusted_cross_entropy)
+from cnnjax.losses.generative import (
+    gan_discriminator, gan_generator, gan_hinge_discriminator, gan_hinge_generator,
+    lsgan_discriminator, lsgan_generator, r1_penalty)
 from cnnjax.losses.margin import (
     categorical_hinge, hinge, hinge_embedding, multi_margin, squared_hinge)
-from cnnjax.losses.metric_learning import contrastive, triplet_margin
+from cnnjax.losses.metric_learning import contrastive, supervised_contrastive, triplet_margin
 from cnnjax.losses.regression import (
     cosine_similarity, gaussian_nll, huber, log_cosh, mean_absolute_error,
     mean_absolute_percentage_error, mean_squared_error, mean_squared_log_error, poisson,
@@ -73,6 +76,10 @@ _LOSSES: dict[str, LossFn] = {
         logit_adjusted_cross_entropy, ldam,
         # Calibration.
         focal_sample_dependent, brier,
+        # Metric learning on a whole batch; more adversarial losses and the R1 penalty.
+        supervised_contrastive,
+        gan_hinge_discriminator, gan_hinge_generator, lsgan_discriminator, lsgan_generator,
+        r1_penalty,
     )
 }
 
@@ -135,6 +142,12 @@ ALIASES: dict[str, str] = {
     "flsd": "focal_sample_dependent",
     "flsd_53": "focal_sample_dependent",
     "brier_score": "brier",
+    "supcon": "supervised_contrastive",
+    "gan_hinge_d": "gan_hinge_discriminator",
+    "gan_hinge_g": "gan_hinge_generator",
+    "lsgan_d": "lsgan_discriminator",
+    "lsgan_g": "lsgan_generator",
+    "r1": "r1_penalty",
 }
 
 

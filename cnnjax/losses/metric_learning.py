@@ -93,3 +93,62 @@ def triplet_margin(predictions: tuple[jax.Array, jax.Array, jax.Array],
   if swap:
     d_neg = jnp.minimum(d_neg, _pairwise_distance(pos, neg, p, eps))
   return jax.nn.relu(d_pos - d_neg + margin)
+
+
+def supervised_contrastive(predictions: jax.Array, targets: jax.Array, *,
+                           temperature: float = 0.1,
+                           where: jax.Array | None = None) -> jax.Array:
+  """Supervised contrastive loss (SupCon, ``L_out``) over one batch of embeddings.
+
+  With ``z_i`` the L2-normalised embeddings, ``A(i)`` the other valid examples and
+  ``P(i)`` those of them with ``i``'s label, anchor ``i`` costs
+
+      -1/|P(i)| sum_{p in P(i)} log( exp(z_i . z_p / t) / sum_{a in A(i)} exp(z_i . z_a / t) )
+
+  and 0 when ``P(i)`` is empty (or ``i`` is not valid). Every pair of the batch takes
+  part, so there is no mining. The paper's equation 2 exactly: the official code's
+  extra factor ``temperature / base_temperature`` (1 at its defaults) is left out.
+
+  Args:
+    predictions: ``[batch, dim]`` embeddings (normalised here, with a zero vector
+      mapped to zero).
+    targets: ``[batch]`` integer class labels.
+    temperature: ``t > 0``.
+    where: optional ``[batch]`` mask of the valid examples (padding is 0); the
+      others are neither anchors nor candidates.
+
+  Returns:
+    ``[batch]`` per-example loss.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    >>> supervised_contrastive(z, jnp.array([0, 0, 1]), temperature=1.0)  # log(1 + e) - 1
+    Array([0.31326163, 0.31326163, 0.        ], dtype=float32)
+
+  References:
+    Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020, eq. 2.
+  """
+  fn = "supervised_contrastive"
+  x = _checks.as_array(predictions, "predictions", fn)
+  y = _checks.as_array(targets, "targets", fn)
+  _checks.check_float(x, "predictions", fn)
+  if x.ndim != 2:
+    raise ValueError(f"{fn}: predictions must be [batch, dim], got shape {x.shape}")
+  if y.shape != x.shape[:1] or not jnp.issubdtype(y.dtype, jnp.integer):
+    raise ValueError(f"{fn}: targets must be [batch] = {x.shape[:1]} integer labels, got "
+                     f"shape {y.shape} and dtype {y.dtype}")
+  if isinstance(temperature, (int, float)) and not temperature > 0:
+    raise ValueError(f"{fn}: temperature={temperature} must be > 0")
+  valid = jnp.ones(x.shape[:1], bool) if where is None else jnp.asarray(where) > 0
+  z = x / jnp.maximum(_checks.safe_norm(x, 2, axis=-1), 1e-12)[:, None]
+  logits = (z @ z.T) / temperature
+  others = valid[None, :] & valid[:, None] & ~jnp.eye(x.shape[0], dtype=bool)
+  positives = others & (y[:, None] == y[None, :])
+  # A large negative number, not -inf, for the excluded candidates: exp() gives an exact
+  # 0 and the gradient stays finite in rows without any candidate.
+  log_denominator = jax.nn.logsumexp(jnp.where(others, logits, -1e30), axis=1)
+  log_prob = logits - log_denominator[:, None]
+  n_pos = jnp.sum(positives, axis=1)
+  loss = -jnp.sum(jnp.where(positives, log_prob, 0.0), axis=1) / jnp.maximum(n_pos, 1)
+  return jnp.where(valid & (n_pos > 0), loss, 0.0)

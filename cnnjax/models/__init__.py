@@ -1,7 +1,9 @@
 """Flax Linen CNNs, by name.
 
 Every model is called as ``model.apply(variables, x, train=...)`` on NHWC images
-``x`` [N, H, W, C] and returns float32 logits [N, num_classes] (no softmax).
+``x`` [N, H, W, C] and returns float32 logits [N, num_classes] (no softmax), or for
+``embedding_cnn`` an embedding of ``num_classes`` dimensions. A GAN's generator and
+discriminator are a pair with another contract: `GAN_MODELS` (`cnnjax.models.gan`).
 Fields shared by all: ``num_classes``, ``dtype`` (compute dtype; parameters are
 always float32) and ``dropout_rate`` (None = the model's own default). BatchNorm
 models also take ``bn_axis_name`` and ``bn_ghost_batches`` (see
@@ -31,6 +33,8 @@ import flax.linen as nn
 
 from cnnjax.models import layers
 from cnnjax.models.classic import BNCNN, KerasCifarCNN, LeNet5, MnistCNN, SimpleCNN
+from cnnjax.models.embedding import EmbeddingCNN
+from cnnjax.models.gan import DCGAN, GAN_MODELS
 from cnnjax.models.resnet import BasicBlock, CifarResNet
 from cnnjax.models.vgg import VGG
 
@@ -52,6 +56,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": ResNet20,
     "resnet18": ResNet18,
     "tiny_cnn": TinyCNN,
+    "embedding_cnn": EmbeddingCNN,
 }
 
 # Options that only say how to run BatchNorm; harmless to drop for models without it.
@@ -74,6 +79,17 @@ def has_batch_norm(name: str) -> bool:
   _check_name(name)
   fields = {f.name for f in dataclasses.fields(_module_class(MODELS[name]))}
   return "bn_axis_name" in fields
+
+
+def model_fields(name: str) -> set[str]:
+  """The fields model ``name`` accepts (what `get_model` takes besides ``num_classes``).
+
+  Example:
+    >>> "normalize" in model_fields("embedding_cnn"), "normalize" in model_fields("bn_cnn")
+    (True, False)
+  """
+  _check_name(name)
+  return {f.name for f in dataclasses.fields(_module_class(MODELS[name]))} - {"parent", "name"}
 
 
 def _check_name(name: str) -> None:
@@ -104,7 +120,7 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
   if num_classes < 1:
     raise ValueError(f"num_classes must be >= 1, got {num_classes}")
   factory = MODELS[name]
-  fields = {f.name for f in dataclasses.fields(_module_class(factory))} - {"parent", "name"}
+  fields = model_fields(name)
   if not has_batch_norm(name):
     kwargs = {k: v for k, v in kwargs.items() if k not in _BN_OPTIONS}
   unknown = sorted(set(kwargs) - fields)
@@ -114,7 +130,7 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "BNCNN", "BasicBlock", "CifarResNet", "KerasCifarCNN", "LeNet5", "MODELS", "MnistCNN",
+    "BNCNN", "BasicBlock", "CifarResNet", "DCGAN", "EmbeddingCNN", "GAN_MODELS", "KerasCifarCNN", "LeNet5", "MODELS", "MnistCNN",
     "ResNet18", "ResNet20", "SimpleCNN", "TinyCNN", "VGG", "VGGSmall", "get_model",
-    "has_batch_norm", "layers", "model_names",
+    "has_batch_norm", "layers", "model_fields", "model_names",
 ]

@@ -192,6 +192,8 @@ def _check_study(study: ml_collections.ConfigDict) -> None:
     raise ValueError(f"study.seeds={seeds!r} must be a non-empty tuple of integers")
   if len(set(seeds)) != len(seeds):
     raise ValueError(f"study.seeds={seeds!r} has repeated seeds")
+  if not isinstance(study.get("vmap", True), bool):
+    raise ValueError(f"study.vmap={study.vmap!r}: expected True or False")
   for lr in tuple(study.get("learning_rates", ()) or ()):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
       raise ValueError(f"study.learning_rates has {lr!r}; each rate must be a number > 0")

@@ -238,8 +238,9 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
     (the group's, shared by its K runs), ``group_size``; with ``select_by`` also
     ``selected_epoch`` and ``selected_test_<metric>`` (the selected state, calibrated on
-    its own validation result). ``seconds`` and ``seconds_to_target`` are the group's wall
-    time divided by K: a run's share.
+    its own validation result); ``start_test_<metric>`` (the initial state's test result)
+    for a task with ``evaluate_at_start``. ``seconds`` and ``seconds_to_target`` are the
+    group's wall time divided by K: a run's share.
   """
   log = log or (lambda _: None)
   t0 = time.perf_counter()
@@ -247,13 +248,16 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   train_fn, eval_fn = _compile(g)
   compile_seconds = time.perf_counter() - t0
   lanes = [_Lane(r, target, select_by) for r in g.runs]
+  start = (_evaluate(g, eval_fn, g.state, "test") if g.first.task.evaluate_at_start
+           else [{}] * len(lanes))
   state, best, step, train_seconds = _train_epochs(g, train_fn, eval_fn, lanes, log, label,
                                                    bool(select_by), stop)
   has_val = g.first.data.num_examples("validation") > 0
   test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
                    else [{}] * len(lanes))
-  results = [_result(lane, t, step, compile_seconds, train_seconds, len(configs))
-             for lane, t in zip(lanes, test)]
+  results = [{**_result(lane, t, step, compile_seconds, train_seconds, len(configs)),
+              **{f"start_test_{k}": v for k, v in lane.run.task.scalars(s).items()}}
+             for lane, t, s in zip(lanes, test, start)]
   if select_by and has_val:
     selected = _evaluate(g, eval_fn, best, "test", [lane.selected_val or {} for lane in lanes])
     task = g.first.task

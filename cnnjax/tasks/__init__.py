@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from cnnjax.tasks.base import Task, TaskLoss, masked_sum
 from cnnjax.tasks.classification import Classification
+from cnnjax.tasks.generation import Generation
+from cnnjax.tasks.metric_learning import MetricLearning
 
 TASKS: dict[str, type[Task]] = {
     Classification.name: Classification,
+    MetricLearning.name: MetricLearning,
+    Generation.name: Generation,
 }
 
 
@@ -39,4 +43,4 @@ def get_task(name: str, info, *, data=None, config=None) -> Task:
   return TASKS[name](info, data=data, config=config)
 
 
-__all__ = ["Classification", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]
+__all__ = ["Classification", "Generation", "MetricLearning", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]

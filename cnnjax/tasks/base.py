@@ -24,19 +24,32 @@ study call these and never look at a label themselves.
 * **Headline**: `headline` (a key of `finalize`'s scalars) and `headline_goal`
   (``"max"`` or ``"min"``) pick the "best" checkpoint, what progress shows and how
   studies rank.
-* **Report**: `report(directory, final, title)` writes the task's own plots;
-  `summary_rows(summary)` adds lines to the results table.
+* **Report**: `report(directory, final, title)` writes the task's own plots of the test
+  evaluation, `epoch_report(directory, epoch, final)` after each validation;
+  `summary_rows(summary)` adds lines to the results table; `curve_metrics` names the
+  panels of the learning curves. With `evaluate_at_start` the trainer also evaluates
+  the initial state on the test split (reported as ``start_test_<metric>``).
+* **Assembly**: `cnnjax.training.build.build_run` asks the task for the pieces of a run:
+  `prepare(data)` (the dataset as the task's steps see it), `make_model`,
+  `make_optimizer`, `make_initializer`, `train_step`, `eval_step` and
+  `with_learning_rate_scale`. The defaults build one model trained by one optimizer with
+  the steps of `cnnjax.training.steps`; a task with other needs (two networks, extra
+  batch rows) overrides them. `model_names` and `check_config` say which
+  ``config.model`` values and task settings are accepted.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 Batch = Mapping[str, jax.Array]
 TaskLoss = Callable[[jax.Array, Batch], jax.Array]  # (outputs, batch) -> [B]
@@ -56,6 +69,7 @@ class Task:
   headline_goal: ClassVar[str] = "max"
   headline_percent: ClassVar[bool] = True  # a fraction reports show in percent
   lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)  # metrics where less is better
+  evaluate_at_start: ClassVar[bool] = False  # also evaluate the initial state on test
 
   def __init__(self, info, *, data=None, config: ml_collections.ConfigDict | None = None):
     self.info = info
@@ -67,6 +81,65 @@ class Task:
     if metric == self.headline:
       return self.headline_goal
     return "min" if metric in self.lower_is_better else "max"
+
+  # -- assembly (called by cnnjax.training.build.build_run) --------------------
+
+  @classmethod
+  def model_names(cls) -> list[str]:
+    """The ``config.model`` values this task accepts (default: `cnnjax.models.MODELS`)."""
+    from cnnjax import models  # pylint: disable=g-import-not-at-top
+    return models.model_names()
+
+  def check_config(self, config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError (one line) for settings this task cannot train with."""
+    del config
+
+  def prepare(self, data):
+    """The dataset as this task's steps see it (default: ``data`` itself).
+
+    Must return ``data`` unchanged when it is already this task's view, since a study
+    group passes one run's data to the next.
+    """
+    return data
+
+  def make_model(self, config: ml_collections.ConfigDict, **fields) -> nn.Module:
+    """The module trained, with ``fields`` (implementation, BatchNorm options) set."""
+    from cnnjax import models  # pylint: disable=g-import-not-at-top
+    return models.get_model(config.model, num_classes=self.output_size, dtype=config.dtype,
+                            dropout_rate=config.dropout_rate, **fields)
+
+  def make_optimizer(self, config: ml_collections.ConfigDict,
+                     total_steps: int) -> optax.GradientTransformation:
+    """The optax chain of ``config.optimizer`` for a rate of 1 (the rate lives in the state)."""
+    from cnnjax import optimizers  # pylint: disable=g-import-not-at-top
+    return optimizers.make_optimizer(unit_rate(config.optimizer), total_steps)
+
+  def make_initializer(self, model: nn.Module, tx: optax.GradientTransformation,
+                       config: ml_collections.ConfigDict, total_steps: int) -> Callable:
+    """``init(key, learning_rate) -> state`` (`cnnjax.training.state.make_initializer`)."""
+    del total_steps
+    from cnnjax.training import state  # pylint: disable=g-import-not-at-top
+    return state.make_initializer(model, tx, self.info.image_shape,
+                                  ema_decay=config.optimizer.ema_decay)
+
+  def train_step(self, run, loss_fn: TaskLoss) -> Callable:
+    """The pure ``(state, batch, rng, *, axis_name=None) -> (state, metrics)`` of ``run``."""
+    from cnnjax.training import steps  # pylint: disable=g-import-not-at-top
+    return functools.partial(
+        steps.train_step, task=self, loss_fn=loss_fn, augment_fn=run.augment_fn,
+        microbatches=run.microbatches, skip_nonfinite=run.config.on_nonfinite == "skip")
+
+  def eval_step(self, run, loss_fn: TaskLoss) -> Callable:
+    """The pure ``(state, batch, *, axis_name=None) -> sums`` of ``run``."""
+    from cnnjax.training import steps  # pylint: disable=g-import-not-at-top
+    return functools.partial(steps.eval_step, task=self, loss_fn=loss_fn,
+                             apply_fn=run.eval_model.apply)
+
+  def with_learning_rate_scale(self, run, state, factor: float):
+    """``state`` training at ``factor`` times ``run``'s configured rate (a rollback)."""
+    from cnnjax import optimizers  # pylint: disable=g-import-not-at-top
+    return state.replace(opt_state=optimizers.set_learning_rate_scale(
+        state.opt_state, run.learning_rate * factor))
 
   # -- model and loss ---------------------------------------------------------
 
@@ -137,10 +210,27 @@ class Task:
     del directory, final, title
     return []
 
+  def epoch_report(self, directory: str, epoch: int, final: Mapping[str, Any]) -> list[str]:
+    """Writes the task's plots of the validation evaluation after ``epoch``; returns names."""
+    del directory, epoch, final
+    return []
+
+  @property
+  def curve_metrics(self) -> tuple[str, ...]:
+    """The metrics of the learning-curve panels (train and validation per epoch)."""
+    return ("loss", self.headline)
+
   def summary_rows(self, summary: Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
     """Extra (name, value) rows for the results table of a finished run."""
     del summary
     return ()
+
+
+def unit_rate(optimizer_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A copy of an optimizer section with ``learning_rate = 1`` (see `cnnjax.training.build`)."""
+  section = ml_collections.ConfigDict(optimizer_config.to_dict())
+  section.learning_rate = 1.0
+  return section
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:

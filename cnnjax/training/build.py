@@ -1,7 +1,8 @@
 """`build_run`: the one place a run is assembled from its config.
 
 Data, task, model, loss, optimizer, initial state, step functions and the budget
-all come from here; `cnnjax.training.loop.train_and_evaluate` compiles and drives
+all come from here (each piece from the task's assembly hooks, `cnnjax.tasks.Task`:
+the defaults train one model with one optimizer); `cnnjax.training.loop.train_and_evaluate` compiles and drives
 one `Run`, and a study group (`cnnjax.study.vmapped`) stacks the `Run`s of its
 configs and vectorises the same step functions. Nothing here compiles a step or
 writes a file.
@@ -16,7 +17,6 @@ train any of them, alone or stacked. For the constant and cosine schedules
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +29,7 @@ import optax
 from cnnjax import optimizers
 from cnnjax import tasks as tasks_lib
 from cnnjax.data import augment as augment_lib
-from cnnjax.models import fast_ops, get_model, has_batch_norm
+from cnnjax.models import fast_ops
 from cnnjax.training import state as state_lib
 from cnnjax.training import steps
 
@@ -81,22 +81,17 @@ class Run:
     return state_lib.num_params(self.state.params)
 
   def train_step(self, loss_fn: tasks_lib.TaskLoss | None = None) -> Callable:
-    """The pure ``(state, batch, rng, *, axis_name=None) -> (state, metrics)`` of this run."""
-    return functools.partial(
-        steps.train_step, task=self.task, loss_fn=loss_fn or self.loss_fn,
-        augment_fn=self.augment_fn, microbatches=self.microbatches,
-        skip_nonfinite=self.config.on_nonfinite == "skip")
+    """The pure ``(state, batch, rng, *, axis_name=None) -> (state, metrics)`` of this run
+    (`Task.train_step`; `cnnjax.training.steps.train_step` unless the task says otherwise)."""
+    return self.task.train_step(self, loss_fn or self.loss_fn)
 
   def eval_step(self, loss_fn: tasks_lib.TaskLoss | None = None) -> Callable:
-    """The pure ``(state, batch, *, axis_name=None) -> sums`` of this run."""
-    return functools.partial(steps.eval_step, task=self.task, loss_fn=loss_fn or self.loss_fn,
-                             apply_fn=self.eval_model.apply)
+    """The pure ``(state, batch, *, axis_name=None) -> sums`` of this run (`Task.eval_step`)."""
+    return self.task.eval_step(self, loss_fn or self.loss_fn)
 
-  def with_learning_rate_scale(self, state: state_lib.TrainState,
-                               factor: float) -> state_lib.TrainState:
+  def with_learning_rate_scale(self, state, factor: float):
     """``state`` training at ``factor`` times the configured rate (divergence rollback)."""
-    return state.replace(opt_state=optimizers.set_learning_rate_scale(
-        state.opt_state, self.learning_rate * factor))
+    return self.task.with_learning_rate_scale(self, state, factor)
 
 
 def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
@@ -108,12 +103,6 @@ def configured_learning_rate(optimizer_config: ml_collections.ConfigDict) -> flo
   """The rate a run trains at: the configured one, else the optimizer's default."""
   lr = optimizer_config.learning_rate
   return float(optimizers.default_learning_rate(optimizer_config.name) if lr is None else lr)
-
-
-def _unit_rate(optimizer_config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  section = ml_collections.ConfigDict(optimizer_config.to_dict())
-  section.learning_rate = 1.0
-  return section
 
 
 def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
@@ -147,24 +136,23 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
     parallel.check_batch_size(config.batch_size)
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   task = tasks_lib.get_task(config.task, data.info, data=data, config=config)
-  model = get_model(config.model, num_classes=task.output_size, dtype=config.dtype,
-                    dropout_rate=config.dropout_rate, implementation=fast_ops.resolve(implementation),
-                    **({} if parallel is None else parallel.model_kwargs()))
+  data = task.prepare(data)
+  model = task.make_model(config, implementation=fast_ops.resolve(implementation),
+                          **({} if parallel is None else parallel.model_kwargs()))
   eval_model = model.clone(implementation=fast_ops.resolve(implementation, forward_only=True))
   steps_per_epoch = data.steps_per_epoch
   budget = total_steps(config, steps_per_epoch)
   weights = task.train_weights(steps_per_epoch, budget)
   if weights is not None:
     data = data.with_train_weights(weights)
-  tx = optimizers.make_optimizer(_unit_rate(config.optimizer), budget)
-  initializer = initializer or state_lib.make_initializer(
-      model, tx, data.info.image_shape, ema_decay=config.optimizer.ema_decay)
+  tx = task.make_optimizer(config, budget)
+  initializer = initializer or task.make_initializer(model, tx, config, budget)
   init_rng, train_rng = state_lib.run_keys(config.seed)
   lr = configured_learning_rate(config.optimizer)
   state = initializer(init_rng, lr)
   parts = steps.resolve_microbatches(
       microbatches, per_device_batch=config.batch_size // num_devices,
-      has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
+      has_batch_norm=bool(jax.tree.leaves(state.batch_stats)), backend=jax.default_backend(),
       num_params=state_lib.num_params(state.params))
   return Run(config=config, data=data, task=task, model=model, eval_model=eval_model,
              unit_rate_tx=tx,

@@ -220,6 +220,10 @@ class _Trainer:
   def train(self) -> dict[str, Any]:
     status = "running"
     self.stop.check_startup()
+    if self.task.evaluate_at_start and "start" not in self.meta:
+      # The untrained model's test result (e.g. a generator's Fréchet distance at step 0),
+      # kept in the checkpoint metadata so a resumed run reports the same.
+      self.meta["start"] = self.task.scalars(self._evaluate("test"))
     try:
       while self.step < self.run.total_steps:
         try:
@@ -356,8 +360,11 @@ class _Trainer:
     means, self.epoch_means = self.epoch_means.means(), tracking.Means()
     val, improved = None, False
     if self.has_val and (epoch % c.eval_every_epochs == 0 or self.step >= run.total_steps):
-      val = self.task.scalars(self._evaluate("validation"))
+      final = self._evaluate("validation")
+      val = self.task.scalars(final)
       self.last_validation = val
+      if self.main:
+        self.task.epoch_report(os.path.join(self.workdir, "plots"), epoch, final)
       self.writer.write({"step": self.step, "epoch": epoch, "split": "validation", **val})
       improved = self.best.update(val[self.task.headline], epoch)
     record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
@@ -453,7 +460,7 @@ class _Trainer:
     if self.meta["history"]:
       plots.plot_learning_curves(self.meta["history"], os.path.join(plot_dir, "learning_curves.png"),
                                  f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
-                                 metrics=("loss", self.task.headline))
+                                 metrics=self.task.curve_metrics)
     reporting.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary
 
@@ -476,6 +483,7 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       **{f"final_train_{k}": last.get(f"train_{k}") for k in t.train_names},
       f"final_val_{headline}": last.get(f"val_{headline}"),
       f"best_val_{headline}": t.best.value, "best_epoch": t.best.epoch,
+      **{f"start_test_{k}": v for k, v in t.meta.get("start", {}).items()},
       "history": history, "events": t.meta["events"],
       "setup_seconds": t.setup_seconds, "compile_seconds": t.compile_seconds,
       "train_seconds": t.train_seconds,
