@@ -40,6 +40,9 @@ from cnnjax.data import sources
 # The validation set is carved with this constant key, not config.seed, so that
 # every seed of an experiment is validated on the same examples.
 VALIDATION_KEY = 0x5EED_0F_7A11D
+# The fixed training subset (``train_subset``) is drawn with this constant key, for the
+# same reason: every seed trains on the same examples.
+SUBSET_KEY = 0x5EED_0F_5B5E7
 
 _SPLITS = ("train", "validation", "test")
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -124,11 +127,14 @@ class Dataset:
     seed: decides the training order (with the epoch number).
     validation_fraction: share of ``train`` held out as the validation split,
       in ``[0, 1)``; 0 means no validation split.
+    train_subset: > 0 keeps only this many of the remaining training examples, a fixed
+      keyed choice (the same for every seed) in their original order; 0 keeps all.
   """
 
   def __init__(self, info: catalog.DatasetInfo, train: tuple[np.ndarray, np.ndarray],
                test: tuple[np.ndarray, np.ndarray], *, batch_size: int,
-               eval_batch_size: int, seed: int = 0, validation_fraction: float = 0.0):
+               eval_batch_size: int, seed: int = 0, validation_fraction: float = 0.0,
+               train_subset: int = 0):
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if batch_size < 1:
@@ -149,7 +155,8 @@ class Dataset:
     is_val[held_out] = True
     # Boolean masks keep the original order inside each split.
     self._splits: dict[str, Split] = {
-        "train": _take(train, ~is_val), "validation": _take(train, is_val), "test": test}
+        "train": _subset(_take(train, ~is_val), train_subset, info.name),
+        "validation": _take(train, is_val), "test": test}
     for split, fields in self._splits.items():
       _check_split(info, split, fields)
     if self.steps_per_epoch < 1:
@@ -279,6 +286,19 @@ class Dataset:
       yield batch
 
 
+def _subset(split: Split, size: int, name: str) -> Split:
+  """``size`` examples of ``split`` chosen with `SUBSET_KEY`, in their original order."""
+  n = len(split["image"])
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ValueError(f"train_subset={size!r} must be an integer >= 0 (0 = all)")
+  if size == 0:
+    return split
+  if size > n:
+    raise ValueError(f"train_subset={size} exceeds the {n} training examples of {name} "
+                     "(after the validation split)")
+  return _take(split, np.sort(keyed_permutation(n, SUBSET_KEY)[:size]))
+
+
 def _pixels(images: np.ndarray, dtype: Any) -> np.ndarray:
   if np.dtype(dtype) == np.uint8:
     return images
@@ -315,7 +335,8 @@ def load(config: Any) -> Dataset:
   """Reads the dataset a config names and returns its `Dataset`.
 
   Uses ``config.dataset``, ``data_dir`` (see `sources.resolve_data_dir`),
-  ``validation_fraction``, ``seed``, ``batch_size`` and ``eval_batch_size``.
+  ``validation_fraction``, ``train_subset``, ``seed``, ``batch_size`` and
+  ``eval_batch_size``.
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared (nothing is downloaded).
@@ -340,4 +361,4 @@ def load(config: Any) -> Dataset:
   test = sources.read_fields(test_src, info, data_dir=data_dir, split=info.test_split)
   return Dataset(info, train, test, batch_size=config.batch_size,
                  eval_batch_size=config.eval_batch_size, seed=_cfg(config, "seed"),
-                 validation_fraction=fraction)
+                 validation_fraction=fraction, train_subset=_cfg(config, "train_subset"))

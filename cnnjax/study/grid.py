@@ -192,7 +192,8 @@ def expand(study: ml_collections.ConfigDict) -> list[Variant]:
       _set(config, key, value)
     effective_lr = config.optimizer.learning_rate
     if effective_lr is None:
-      effective_lr = optimizers_lib.default_learning_rate(opt)
+      effective_lr = optimizers_lib.default_learning_rate(
+          optimizers_lib.base_name(config.optimizer))
     setting = opt + (f" lr={effective_lr:g}" if show_lr else "")
     setting += f" / {_loss_label(loss_name, loss_options)}"
     try:

@@ -95,6 +95,7 @@ class _Trainer:
     self._restore()
     self._compile()
     self.setup_seconds = time.perf_counter() - self.t_start
+    self._build_diagnostics()
 
   # -- setup ------------------------------------------------------------------
 
@@ -134,7 +135,8 @@ class _Trainer:
   def _restore(self) -> None:
     self.step, state = 0, self.run.state
     self._load_meta({"history": [], "epoch_sums": {}, "best_value": None, "best_epoch": None,
-                     "events": [], "train_seconds": 0.0, "lr_scale": 1.0})
+                     "events": [], "train_seconds": 0.0, "lr_scale": 1.0, "diagnostics": [],
+                     "diagnostics_seconds": 0.0})
     restored = self.checkpointer.restore_latest(self.template)
     if restored is not None:
       self.step, state, meta = restored
@@ -180,6 +182,7 @@ class _Trainer:
     status = "running"
     self.stop.check_startup()
     try:
+      self._diagnose()
       while self.step < self.run.total_steps:
         try:
           self._epoch()
@@ -217,6 +220,7 @@ class _Trainer:
       self.state, metrics = self.train_fn(self.state, self.par.put_batch(batch), run.train_rng)
       self.step += 1
       self.pending.append(metrics)
+      t_epoch += self._diagnose()  # diagnostics are timed apart from training
       epoch_end = self.step >= run.total_steps or self.step % run.steps_per_epoch == 0
       self._after_step(epoch_end, t_epoch)
       if epoch_end:
@@ -325,6 +329,44 @@ class _Trainer:
                            self.par.put_batch)
     return self.task.finalize(self.par.fetch(sums))
 
+  # -- diagnostics (config.diagnostics) --------------------------------------
+
+  def _build_diagnostics(self) -> None:
+    """Builds and compiles `cnnjax.training.diagnostics.Diagnostics` when enabled."""
+    self.diagnostics, self.diagnostics_compile_seconds = None, 0.0
+    settings = self.config.diagnostics
+    if not settings.enabled:
+      return
+    from cnnjax.training import diagnostics  # pylint: disable=g-import-not-at-top
+    if self.pcount > 1:
+      raise RunError(f"diagnostics run in one process; this run has {self.pcount} (set "
+                     "diagnostics.enabled=False)")
+    t0 = time.perf_counter()
+    ghost = (self.par.num_devices if self.par.mode == "pmap" and self.par.bn_sync == "per_device"
+             else None)
+    self.diagnostics = diagnostics.Diagnostics(self.run, settings, bn_ghost_batches=ghost)
+    self.diagnostics.compile(self.par.get_state(self.state))
+    self.diagnostics_compile_seconds = time.perf_counter() - t0
+
+  def _diagnose(self) -> float:
+    """Diagnostics of the current state when due (step 0, every ``every_steps``, the last
+    step); returns the seconds they took (0 when not due)."""
+    records = self.meta.setdefault("diagnostics", [])
+    d, step = self.diagnostics, self.step
+    due = step % self.config.diagnostics.every_steps == 0 or step >= self.run.total_steps
+    if d is None or not due or (records and records[-1]["step"] == step):
+      return 0.0
+    jax.block_until_ready(self.state)  # the steps already dispatched are training's time
+    t0 = time.perf_counter()
+    values = d(self.par.get_state(self.state))
+    seconds = time.perf_counter() - t0
+    self.meta["diagnostics_seconds"] = self.meta.get("diagnostics_seconds", 0.0) + seconds
+    record = {"step": step, "epoch": math.ceil(step / self.run.steps_per_epoch),
+              "split": "diagnostics", **values, "seconds": seconds}
+    records.append(record)
+    self.writer.write(record)
+    return seconds
+
   # -- non-finite steps -------------------------------------------------------
 
   def _nonfinite(self, e: NonFiniteStep) -> None:
@@ -366,7 +408,7 @@ class _Trainer:
   # -- the end ----------------------------------------------------------------
 
   def _finish(self, status: str) -> dict[str, Any]:
-    from cnnjax.reporting import plots  # pylint: disable=g-import-not-at-top
+    from cnnjax.reporting import curvature_plots, plots  # pylint: disable=g-import-not-at-top
     summary = _summary(self, status)
     test = None
     if status == "completed":
@@ -381,6 +423,10 @@ class _Trainer:
       self.writer.write({"step": self.step, "epoch": self.run.num_epochs, "split": "test",
                          **self.task.scalars(test)})
       self.task.report(plot_dir, test, title)
+    if self.meta.get("diagnostics"):
+      curvature_plots.plot_diagnostics(
+          self.meta["diagnostics"], os.path.join(plot_dir, "diagnostics.png"),
+          f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}")
     if self.meta["history"]:
       plots.plot_learning_curves(self.meta["history"], os.path.join(plot_dir, "learning_curves.png"),
                                  f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
@@ -414,7 +460,23 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       "parallel": t.par.mode, "devices": [str(d) for d in t.par.devices],
       "process_count": jax.process_count(), "versions": manifest.package_versions(),
       **({"diverged_step": t.diverged_step} if t.diverged_step is not None else {}),
+      **_diagnostics_summary(t),
   }
+
+
+def _diagnostics_summary(t: _Trainer) -> dict[str, Any]:
+  """The diagnostics' cost (apart from train_seconds) and their last values, when enabled."""
+  if t.diagnostics is None:
+    return {}
+  records = t.meta.get("diagnostics", [])
+  last = records[-1] if records else {}
+  return {"diagnostics_seconds": t.meta.get("diagnostics_seconds", 0.0),
+          "diagnostics_compile_seconds": t.diagnostics_compile_seconds,
+          "diagnostics_evaluations": len(records),
+          "diagnostics_examples": t.diagnostics.num_examples,
+          "diagnostics_batch_stats_mode": t.config.diagnostics.batch_stats_mode,
+          **{f"final_{k}": v for k, v in last.items()
+             if k not in ("step", "epoch", "split", "seconds", "learning_rate")}}
 
 
 def results_table(summary: dict[str, Any]) -> str:
@@ -430,6 +492,9 @@ def results_table(summary: dict[str, Any]) -> str:
       ["parameters", summary["num_params"]],
       ["compile seconds", summary["compile_seconds"]],
       ["train seconds", summary["train_seconds"]],
+      *([["diagnostics seconds", summary["diagnostics_seconds"]],
+         ["final sharpness", summary.get("final_sharpness")]]
+        if "diagnostics_seconds" in summary else []),
       ["examples / second", summary.get("examples_per_sec")],
       ["status", summary["status"]],
   ]
