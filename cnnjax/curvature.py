@@ -302,12 +302,13 @@ def _probes(key: jax.Array, index: jax.Array, n: int) -> jax.Array:
                                                   jnp.float32))(index)
 
 
-def hessian_trace_of(matvec: MatVec, n: int, *, num_samples: int,
-                     key: jax.Array) -> jax.Array:
+def hessian_trace_of(matvec: MatVec, n: int, *, num_samples: int, key: jax.Array,
+                     chunk: int = _TRACE_CHUNK) -> jax.Array:
   """Hutchinson's ``mean_s v_s^T A v_s`` over Rademacher probes; probe s is
-  ``rademacher(fold_in(key, s), (n,))``, computed up to 16 at a time (one vmapped call)."""
+  ``rademacher(fold_in(key, s), (n,))``, ``chunk`` of them per (vmapped) call."""
   _check_count("num_samples", num_samples)
-  chunk = min(num_samples, _TRACE_CHUNK)
+  _check_count("chunk", chunk)
+  chunk = min(num_samples, chunk)
   total = jnp.zeros((), jnp.float32)
   for first in range(0, num_samples, chunk):
     index = jnp.arange(first, first + chunk)

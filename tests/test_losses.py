@@ -553,7 +553,8 @@ CANONICAL = [
     "sparse_categorical_cross_entropy", "kl_divergence", "focal", "binary_focal",
     "poly1_cross_entropy", "hinge", "squared_hinge", "categorical_hinge", "multi_margin",
     "hinge_embedding", "contrastive", "triplet_margin", "dice", "tversky",
-    "dice_cross_entropy", "sequence_cross_entropy", "gan_discriminator", "gan_generator"]
+    "dice_cross_entropy", "sequence_cross_entropy", "gan_discriminator", "gan_generator",
+    "square_loss"]
 
 
 def test_names_and_aliases():
@@ -634,7 +635,9 @@ def test_every_classification_loss_trains(name):
   binary = name in ("binary_cross_entropy", "binary_focal", "hinge", "squared_hinge")
   num_classes = 2 if binary else 3
   fn = L.for_classification(name, num_classes=num_classes)
-  values = _train_steps(fn, num_classes)
+  # The square loss on raw outputs has the curvature of least squares, lambda_max(x^T x / n)
+  # ~ 60 on this data: gradient descent is stable only below lr = 2 / 60.
+  values = _train_steps(fn, num_classes, lr=0.02 if name == "square_loss" else 0.5)
   assert all(np.isfinite(values)), values
   assert values[-1] < 0.8 * values[0], (name, values[0], values[-1])
 

@@ -36,6 +36,7 @@ from cnnjax.losses.regression import (
     smooth_l1)
 from cnnjax.losses.segmentation import dice, dice_cross_entropy, tversky
 from cnnjax.losses.sequence import sequence_cross_entropy
+from cnnjax.losses.square import square_loss
 
 LossFn = Callable[..., jax.Array]
 ClassificationLoss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -60,6 +61,8 @@ _LOSSES: dict[str, LossFn] = {
         sequence_cross_entropy,
         # Generative.
         gan_discriminator, gan_generator,
+        # Raw-output square loss (curvature studies).
+        square_loss,
     )
 }
 
@@ -110,6 +113,7 @@ ALIASES: dict[str, str] = {
     "seq_ce": "sequence_cross_entropy",
     "gan_d": "gan_discriminator",
     "gan_g": "gan_generator",
+    "square": "square_loss",
 }
 
 
@@ -229,6 +233,7 @@ _ADAPTERS: dict[str, str] = {
     "binary_focal": "binary",
     "hinge": "binary",
     "squared_hinge": "binary",
+    "square_loss": "onehot",
 }
 
 # Set by the adapter itself; a user option of that name would contradict it.
@@ -300,7 +305,7 @@ def for_classification(name: str, *, num_classes: int,
   * ``sparse_categorical_cross_entropy``, ``multi_margin``: integer labels as-is.
   * ``categorical_cross_entropy``, ``focal``, ``poly1_cross_entropy``,
     ``kl_divergence``: one-hot targets, logits in. ``categorical_hinge``: one-hot,
-    on the raw logits (scores).
+    on the raw logits (scores). ``square_loss``: one-hot, on the raw logits.
   * regression losses (``mean_squared_error``, ``mean_absolute_error``, ``huber``,
     ``smooth_l1``, ``log_cosh``, ``mean_squared_log_error``, ``poisson``,
     ``cosine_similarity``): ``softmax(logits)`` against one-hot, the classic

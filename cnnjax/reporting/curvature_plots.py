@@ -25,14 +25,23 @@ def _values(records: Sequence[Mapping[str, Any]], key: str) -> np.ndarray:
   return np.asarray([number(r.get(key)) for r in records], np.float64)
 
 
-def plot_diagnostics(records: Sequence[Mapping[str, Any]], path: str, title: str = "") -> None:
-  """One panel per logged quantity over training steps; thresholds as dashed lines."""
+def plot_diagnostics(records: Sequence[Mapping[str, Any]], path: str, title: str = "", *,
+                     history: Sequence[Mapping[str, Any]] = ()) -> None:
+  """One panel per logged quantity over training steps, thresholds as dashed lines; with
+  ``history`` (the run's epoch records), the training loss on a right-hand axis of the
+  first panel."""
   plt = pyplot()
   steps = np.asarray([r["step"] for r in records])
   panels = [p for p in _PANELS if np.any(np.isfinite(_values(records, p[0])))]
   if not panels:
     return
   fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+  if history:
+    twin = axes[0][0].twinx()
+    twin.plot([h["step"] for h in history], _values(history, "train_loss"), "-",
+              color="tab:gray", lw=0.8, alpha=0.8)
+    twin.set_yscale("log")
+    twin.set_ylabel("training loss (grey, log scale)", color="tab:gray")
   for ax, (key, threshold, label, threshold_label) in zip(axes[0], panels):
     ax.plot(steps, _values(records, key), "-o", ms=2.5, label=key.replace("_", " "))
     limit = _values(records, threshold) if threshold else None

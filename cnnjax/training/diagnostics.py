@@ -157,10 +157,8 @@ class Diagnostics:
     """Compiles every function the quantities need, for ``state``'s shapes."""
     n = ravel_pytree(state.params)[0].size
     ones = jnp.ones((n,), jnp.float32)
-    rows = {1} | ({min(self.settings.trace_samples, 16)} if "hessian_trace" in self.quantities
-                  else set())
-    for r in sorted(rows):
-      jax.block_until_ready(self._operator(state, ones)(jnp.zeros((r, n), jnp.float32)))
+    # Every quantity uses this one program (one vector per call): one compilation.
+    jax.block_until_ready(self._operator(state, ones)(jnp.zeros((1, n), jnp.float32)))
     if "noise_scale" in self.quantities:
       jax.block_until_ready(self._noise(state.params, state.batch_stats, self.batch))
 
@@ -188,7 +186,7 @@ class Diagnostics:
       out["preconditioned_threshold"] = preconditioned_threshold(section, lr)
     if "hessian_trace" in self.quantities:
       out["hessian_trace"] = float(curvature.hessian_trace_of(
-          self._operator(state, ones), n, num_samples=self.settings.trace_samples,
+          self._operator(state, ones), n, num_samples=self.settings.trace_samples, chunk=1,
           key=jax.random.fold_in(jax.random.key(_START_KEY), int(state.step))))
     if "noise_scale" in self.quantities:
       out["noise_scale"] = float(self._noise(state.params, state.batch_stats,

@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from cnnjax import config as config_lib
 from cnnjax import parallel as parallel_lib
@@ -426,7 +427,8 @@ class _Trainer:
     if self.meta.get("diagnostics"):
       curvature_plots.plot_diagnostics(
           self.meta["diagnostics"], os.path.join(plot_dir, "diagnostics.png"),
-          f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}")
+          f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
+          history=self.meta["history"])
     if self.meta["history"]:
       plots.plot_learning_curves(self.meta["history"], os.path.join(plot_dir, "learning_curves.png"),
                                  f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
@@ -470,13 +472,22 @@ def _diagnostics_summary(t: _Trainer) -> dict[str, Any]:
     return {}
   records = t.meta.get("diagnostics", [])
   last = records[-1] if records else {}
+  # Where the sharpness sat in the second half of training, against its threshold (2/lr for
+  # gradient descent): about 1 at the edge of stability.
+  late = [r for r in records if r["step"] >= t.run.total_steps / 2
+          and isinstance(r.get("sharpness"), float) and r.get("sharpness_threshold")]
+  plateau = {}
+  if late:
+    plateau = {"sharpness_late_median": float(np.median([r["sharpness"] for r in late])),
+               "sharpness_late_ratio": float(np.median([r["sharpness"] / r["sharpness_threshold"]
+                                                        for r in late]))}
   return {"diagnostics_seconds": t.meta.get("diagnostics_seconds", 0.0),
           "diagnostics_compile_seconds": t.diagnostics_compile_seconds,
           "diagnostics_evaluations": len(records),
           "diagnostics_examples": t.diagnostics.num_examples,
           "diagnostics_batch_stats_mode": t.config.diagnostics.batch_stats_mode,
           **{f"final_{k}": v for k, v in last.items()
-             if k not in ("step", "epoch", "split", "seconds", "learning_rate")}}
+             if k not in ("step", "epoch", "split", "seconds", "learning_rate")}, **plateau}
 
 
 def results_table(summary: dict[str, Any]) -> str:

@@ -1,0 +1,43 @@
+"""Gradient descent at the edge of stability (Cohen et al. 2021), reproduced on digits.
+
+    python -m experiments.main --config=experiments/configs/edge_of_stability.py
+
+Full-batch gradient descent (batch = a fixed subset of 1,000 training digits, every step
+sees all of them) on simple_cnn, a CNN without BatchNorm, with the square loss on its raw
+outputs against one-hot targets (``square_loss``: ``0.5 ||f(x) - y||^2``, the loss of
+Cohen et al.'s experiments), at a constant learning rate 0.04, so 2 / lr = 50. The
+sharpness (top Hessian eigenvalue of the training loss on the same 1,000 examples) is
+logged every 20 steps. What it shows: the sharpness starts below 2 / lr, rises
+("progressive sharpening"), then stops at 2 / lr and hovers there while the loss keeps
+falling, non-monotonically; plain optimisation theory (loss decreases only while
+sharpness < 2 / lr) says it should have diverged or stayed below. The plot is
+``plots/diagnostics.png``; ``summary.json`` has ``sharpness_late_median`` and
+``sharpness_late_ratio`` (median of sharpness / (2 / lr) over the second half).
+
+Measured (README, "Curvature"): see docs/curvature.md for the figures and machine.
+"""
+
+from experiments.configs import base
+
+
+def get_config():
+  c = base.get_config()
+  c.dataset = "digits"
+  c.model = "simple_cnn"
+  c.validation_fraction = 0.0
+  c.train_subset = 1000
+  c.batch_size = 1000           # full batch: one step per epoch
+  c.augment.crop_padding = 0
+  c.loss.name = "square_loss"
+  c.optimizer.name = "sgd"
+  c.optimizer.learning_rate = 0.04
+  c.optimizer.schedule = "constant"
+  c.num_train_steps = 1500
+  c.parallel = "none"
+  c.log_every_steps = 100
+  c.checkpoint_every_seconds = 120.0
+  c.diagnostics.enabled = True
+  c.diagnostics.every_steps = 20
+  c.diagnostics.num_examples = 0  # every training example: the full-batch loss
+  c.diagnostics.quantities = ("sharpness",)
+  return c

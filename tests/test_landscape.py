@@ -1,0 +1,93 @@
+"""Filter-normalised directions, grid evaluation, and `python -m experiments.landscape`."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import config as config_lib
+from cnnjax import landscape
+from cnnjax.training import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_filter_normalisation_per_output_channel():
+  rng = np.random.default_rng(0)
+  params = {"conv": {"kernel": jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32),
+                     "bias": jnp.asarray(rng.normal(size=4), jnp.float32)},
+            "bn": {"scale": jnp.ones(4)}}
+  d = landscape.filter_normalized_direction(jax.random.key(1), params)
+  norms = lambda k: np.sqrt((np.asarray(k) ** 2).sum(axis=(0, 1, 2)))
+  np.testing.assert_allclose(norms(d["conv"]["kernel"]), norms(params["conv"]["kernel"]),
+                             rtol=1e-5)
+  assert not np.allclose(d["conv"]["kernel"], params["conv"]["kernel"])  # a random direction
+  assert not np.any(d["conv"]["bias"]) and not np.any(d["bn"]["scale"])
+  included = landscape.filter_normalized_direction(jax.random.key(1), params,
+                                                   include_bias_bn=True)
+  assert np.linalg.norm(included["bn"]["scale"]) == pytest.approx(2.0, rel=1e-5)  # ||ones(4)||
+  np.testing.assert_array_equal(included["conv"]["kernel"], d["conv"]["kernel"])
+
+
+def test_grid_evaluation_matches_the_formula():
+  a = np.array([[2.0, 0.5], [0.5, 1.0]])
+  f = lambda p, shift: 0.5 * p["w"] @ jnp.asarray(a, jnp.float32) @ p["w"] + shift
+  base = {"w": jnp.array([1.0, -1.0])}
+  d1, d2 = {"w": jnp.array([1.0, 0.0])}, {"w": jnp.array([0.5, 1.0])}
+  coords = landscape.grid(1.0, 5, 2)
+  got = landscape.evaluate(f, base, [d1, d2], coords, args=(jnp.float32(3.0),), chunk=7)
+  points = np.array([1.0, -1.0]) + coords @ np.array([[1.0, 0.0], [0.5, 1.0]])
+  np.testing.assert_allclose(got, 0.5 * np.einsum("pi,ij,pj->p", points, a, points) + 3.0,
+                             rtol=1e-5)
+  with pytest.raises(ValueError, match=r"coords must be \[points, 2\]"):
+    landscape.evaluate(f, base, [d1, d2], coords[:, :1], args=(0.0,))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data_dir):
+  workdir = str(tmp_path_factory.mktemp("trained"))
+  c = config_lib.get_config()
+  c.data_dir, c.model, c.progress, c.parallel = data_dir, "tiny_cnn", "none", "none"
+  c.num_train_steps, c.batch_size = 6, 16
+  loop.train_and_evaluate(c, workdir)
+  return workdir
+
+
+def _landscape(*args, cwd=REPO):
+  env = {**os.environ, "PYTHONPATH": REPO, "CNNJAX_COMPILATION_CACHE":
+         os.environ.get("CNNJAX_TEST_COMPILATION_CACHE", "0")}
+  return subprocess.run([sys.executable, "-m", "experiments.landscape", *args], cwd=cwd,
+                        capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_landscape_command_writes_consistent_slices(trained, tmp_path):
+  out_dir = str(tmp_path / "out")
+  done = _landscape(f"--workdir={trained}", f"--other={trained}", f"--output_dir={out_dir}",
+                    "--num_examples=64", "--points_1d=5", "--points_2d=3",
+                    "--interpolation_points=4", "--hessian_examples=32",
+                    "--lanczos_iterations=4")
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(os.path.join(out_dir, "landscape.json")) as f:
+    out = json.load(f)
+  assert out["batch_stats_mode"] == "train" and out["num_examples"] == 64
+  assert "statistics of each batch of 16 examples" in out["batch_stats_note"]
+  centre = out["one_d"]["loss"][2]
+  assert np.asarray(out["two_d"]["loss"])[1, 1] == pytest.approx(centre, rel=1e-5)
+  assert out["eigen"]["loss"][2] == pytest.approx(centre, rel=1e-5)
+  assert out["eigen"]["eigenvalue"] > 0
+  # The line from a run to itself is that one point: every alpha gives the centre.
+  np.testing.assert_allclose(out["interpolation"]["loss"], centre, rtol=1e-5)
+  for name in ("landscape_1d.png", "landscape_2d.png", "eigen_slice.png", "interpolation.png"):
+    assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+
+
+def test_landscape_bad_input_is_one_line(tmp_path):
+  done = _landscape(f"--workdir={tmp_path}")
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      f"error: --workdir={tmp_path}: no config.json; is it a cnnjax run directory?"]
