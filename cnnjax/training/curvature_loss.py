@@ -5,9 +5,9 @@ depends on the batch, the BatchNorm statistics and dropout. This module fixes th
 says which BatchNorm statistics it uses, through a required ``batch_stats_mode``:
 
 * ``"train"``: the statistics of each training-size batch (``config.batch_size``
-  consecutive examples of the given batch, each group normalised on its own) and a fixed
-  dropout mask: the mean of the losses training computes on those batches. The running
-  averages are read by nothing and left unchanged.
+  consecutive examples of the given batch, each group normalised on its own, as BatchNorm's
+  ghost batches) and a fixed dropout mask: the mean of the losses training computes on
+  those batches. The running averages are read by nothing and left unchanged.
 * ``"eval"``: the running averages and no dropout: the function the model computes at
   test time.
 
@@ -95,17 +95,14 @@ def batch_outputs(run: Run, *, batch_stats_mode: str, group_size: int | None = N
     if size % group:
       raise ValueError(f"batch of {size} examples does not split into BatchNorm batches of "
                        f"{group} (batch_stats_mode='train')")
-
-    def one(part, index):
-      rngs = {"dropout": jax.random.fold_in(jax.random.key(DROPOUT_KEY), index)}
-      if not batch_stats:
-        return model.apply(variables(params, batch_stats), part, train=True, rngs=rngs)
-      return model.apply(variables(params, batch_stats), part, train=True,
-                         mutable=["batch_stats"], rngs=rngs)[0]
-
-    parts = images.reshape(size // group, group, *images.shape[1:])
-    outputs = jax.vmap(one)(parts, jnp.arange(size // group))
-    return outputs.reshape(size, *outputs.shape[2:])
+    rngs = {"dropout": jax.random.key(DROPOUT_KEY)}
+    if not batch_stats:  # no BatchNorm: examples do not interact
+      return model.apply(variables(params, batch_stats), images, train=True, rngs=rngs)
+    # Each training-size group keeps its own statistics: BatchNorm's ghost batches (one
+    # reshape per layer), the way a sharded step normalises per-device shares.
+    ghost = model.clone(bn_ghost_batches=size // group * model.bn_ghost_batches)
+    return ghost.apply(variables(params, batch_stats), images, train=True,
+                       mutable=["batch_stats"], rngs=rngs)[0]
 
   return train_outputs if batch_stats_mode == "train" else eval_outputs
 
