@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax import config as config_lib
+from cnnjax.data import pipeline
 from cnnjax.training.build import Run
 
 BatchLoss = Callable[[Any, Any, dict[str, jax.Array]], jax.Array]  # (params, stats, batch)
@@ -128,7 +129,7 @@ def batch_sums(run: Run, **options) -> Callable[..., dict[str, jax.Array]]:
 
   def sums(params, batch_stats, batch):
     out = outputs(params, batch_stats, batch["image"])
-    full = {**batch, "mask": jnp.ones(out.shape[:1], jnp.float32)}
+    full = {**batch, pipeline.EVAL_MASK: jnp.ones(out.shape[:1], jnp.float32)}
     return {"loss_sum": jnp.sum(run.loss_fn(out, full)), "count": jnp.float32(out.shape[0]),
             **run.task.eval_sums(out, full)}
 
