@@ -1,6 +1,5 @@
 """Filter-normalised directions, grid evaluation, and `python -m experiments.landscape`."""
 
-import json
 import os
 import subprocess
 import sys
@@ -10,9 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import config as config_lib
 from cnnjax import landscape
-from cnnjax.training import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,16 +45,6 @@ def test_grid_evaluation_matches_the_formula():
     landscape.evaluate(f, base, [d1, d2], coords[:, :1], args=(0.0,))
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, data_dir):
-  workdir = str(tmp_path_factory.mktemp("trained"))
-  c = config_lib.get_config()
-  c.data_dir, c.model, c.progress, c.parallel = data_dir, "tiny_cnn", "none", "none"
-  c.num_train_steps, c.batch_size = 6, 16
-  loop.train_and_evaluate(c, workdir)
-  return workdir
-
-
 def _landscape(*args, cwd=REPO):
   env = {**os.environ, "PYTHONPATH": REPO, "CNNJAX_COMPILATION_CACHE":
          os.environ.get("CNNJAX_TEST_COMPILATION_CACHE", "0")}
@@ -65,25 +52,7 @@ def _landscape(*args, cwd=REPO):
                         capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_landscape_command_writes_consistent_slices(trained, tmp_path):
-  out_dir = str(tmp_path / "out")
-  done = _landscape(f"--workdir={trained}", f"--other={trained}", f"--output_dir={out_dir}",
-                    "--num_examples=64", "--points_1d=5", "--points_2d=3",
-                    "--interpolation_points=4", "--hessian_examples=32",
-                    "--lanczos_iterations=4")
-  assert done.returncode == 0, done.stderr[-2000:]
-  with open(os.path.join(out_dir, "landscape.json")) as f:
-    out = json.load(f)
-  assert out["batch_stats_mode"] == "train" and out["num_examples"] == 64
-  assert "statistics of each batch of 16 examples" in out["batch_stats_note"]
-  centre = out["one_d"]["loss"][2]
-  assert np.asarray(out["two_d"]["loss"])[1, 1] == pytest.approx(centre, rel=1e-5)
-  assert out["eigen"]["loss"][2] == pytest.approx(centre, rel=1e-5)
-  assert out["eigen"]["eigenvalue"] > 0
-  # The line from a run to itself is that one point: every alpha gives the centre.
-  np.testing.assert_allclose(out["interpolation"]["loss"], centre, rtol=1e-5)
-  for name in ("landscape_1d.png", "landscape_2d.png", "eigen_slice.png", "interpolation.png"):
-    assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
+# The command on a trained run is tested in test_diagnostics.py, on the run trained there.
 
 
 def test_landscape_bad_input_is_one_line(tmp_path):

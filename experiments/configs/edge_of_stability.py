@@ -30,14 +30,15 @@ def get_config():
   c.augment.crop_padding = 0
   c.loss.name = "square_loss"
   c.optimizer.name = "sgd"
-  c.optimizer.learning_rate = 0.04
+  c.optimizer.learning_rate = 0.02
   c.optimizer.schedule = "constant"
-  c.num_train_steps = 1500
+  c.num_train_steps = 1000
   c.parallel = "none"
   c.log_every_steps = 100
   c.checkpoint_every_seconds = 120.0
   c.diagnostics.enabled = True
-  c.diagnostics.every_steps = 20
+  c.diagnostics.every_steps = 50
   c.diagnostics.num_examples = 0  # every training example: the full-batch loss
   c.diagnostics.quantities = ("sharpness",)
+  c.diagnostics.lanczos_iterations = 8  # warm-started from the last eigenvector
   return c
