@@ -5,16 +5,20 @@
 Full-batch gradient descent (batch = a fixed subset of 1,000 training digits, every step
 sees all of them) on simple_cnn, a CNN without BatchNorm, with the square loss on its raw
 outputs against one-hot targets (``square_loss``: ``0.5 ||f(x) - y||^2``, the loss of
-Cohen et al.'s experiments), at a constant learning rate 0.04, so 2 / lr = 50. The
-sharpness (top Hessian eigenvalue of the training loss on the same 1,000 examples) is
-logged every 20 steps. What it shows: the sharpness starts below 2 / lr, rises
-("progressive sharpening"), then stops at 2 / lr and hovers there while the loss keeps
-falling, non-monotonically; plain optimisation theory (loss decreases only while
-sharpness < 2 / lr) says it should have diverged or stayed below. The plot is
-``plots/diagnostics.png``; ``summary.json`` has ``sharpness_late_median`` and
-``sharpness_late_ratio`` (median of sharpness / (2 / lr) over the second half).
+Cohen et al.'s experiments), at a constant learning rate 0.02, so 2 / lr = 100. The
+sharpness (top Hessian eigenvalue of the training loss on the same 1,000 examples, 8
+warm-started Lanczos steps) is logged every 50 steps. What it shows: the sharpness starts
+at half of 2 / lr, rises ("progressive sharpening"), then stops at 2 / lr and hovers there
+while the loss keeps falling, non-monotonically (spikes at each overshoot); classical
+optimisation theory (the loss decreases while sharpness < 2 / lr) does not predict that
+it stops there. The plot is ``plots/diagnostics.png``; ``summary.json`` has
+``sharpness_late_median`` and ``sharpness_late_ratio`` (the median of sharpness / (2 / lr)
+over the second half of training).
 
-Measured (README, "Curvature"): see docs/curvature.md for the figures and machine.
+Measured (2-core CPU shared with other jobs, load average 8.6-10.7): 3 min 01 s wall
+(65 s training, 85 s diagnostics, 17 s setup); sharpness 47.0 at step 0, 99.1 at step
+300, median 100.6 over steps 500-1000 (ratio 1.006 to 2 / lr = 100); final training loss
+0.09, test accuracy 0.969. Plot in README, "Curvature".
 """
 
 from experiments.configs import base
