@@ -186,3 +186,8 @@ def test_landscape_command_writes_consistent_slices(diagnosed_run, tmp_path):
     assert os.path.getsize(os.path.join(out_dir, name)) > 0, name
 
 
+def test_landscape_bad_input_is_one_line(tmp_path):
+  done = _landscape(f"--workdir={tmp_path}")
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      f"error: --workdir={tmp_path}: no config.json; is it a cnnjax run directory?"]

@@ -1,8 +1,5 @@
-"""Filter-normalised directions, grid evaluation, and `python -m experiments.landscape`."""
+"""Filter-normalised directions and grid evaluation (the command: test_diagnostics.py)."""
 
-import os
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +7,6 @@ import numpy as np
 import pytest
 
 from cnnjax import landscape
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_filter_normalisation_per_output_channel():
@@ -43,20 +38,3 @@ def test_grid_evaluation_matches_the_formula():
                              rtol=1e-5)
   with pytest.raises(ValueError, match=r"coords must be \[points, 2\]"):
     landscape.evaluate(f, base, [d1, d2], coords[:, :1], args=(0.0,))
-
-
-def _landscape(*args, cwd=REPO):
-  env = {**os.environ, "PYTHONPATH": REPO, "CNNJAX_COMPILATION_CACHE":
-         os.environ.get("CNNJAX_TEST_COMPILATION_CACHE", "0")}
-  return subprocess.run([sys.executable, "-m", "experiments.landscape", *args], cwd=cwd,
-                        capture_output=True, text=True, env=env, timeout=600)
-
-
-# The command on a trained run is tested in test_diagnostics.py, on the run trained there.
-
-
-def test_landscape_bad_input_is_one_line(tmp_path):
-  done = _landscape(f"--workdir={tmp_path}")
-  assert done.returncode == 2
-  assert done.stderr.strip().splitlines() == [
-      f"error: --workdir={tmp_path}: no config.json; is it a cnnjax run directory?"]
