@@ -94,12 +94,15 @@ BATCH_STATS_MODES = ("train", "eval")
 def _diagnostics_section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       enabled=False,          # curvature diagnostics during training (docs/curvature.md)
-      every_steps=100,        # period in training steps; also at step 0 and the last step
+      every_steps=200,        # period in training steps; also at step 0 and the last step
       quantities=("sharpness",),  # any of DIAGNOSTICS
-      num_examples=256,       # the fixed batch: this many training examples (0 = all of them)
+      # The fixed batch: None = one training batch (batch_size examples), 0 = every
+      # training example, else this many.
+      num_examples=config_dict.placeholder(int),
       batch_stats_mode="train",  # BatchNorm: train = statistics of each training-size batch
                                  # (the training loss) | eval = the running averages
-      lanczos_iterations=10,  # Hessian-vector products per sharpness (warm-started)
+      lanczos_iterations=6,   # Hessian-vector products per sharpness (warm-started from
+                              # the last evaluation's eigenvector)
       trace_samples=8,        # Hutchinson probes per hessian_trace
   ))
 
@@ -275,8 +278,9 @@ def _check_diagnostics(c: ml_collections.ConfigDict) -> None:
   _check(isinstance(d.enabled, bool), "diagnostics.enabled", d.enabled, "expected True or False")
   for key in ("every_steps", "lanczos_iterations", "trace_samples"):
     _check(_is_int(d[key]) and d[key] > 0, f"diagnostics.{key}", d[key], "expected an integer > 0")
-  _check(_is_int(d.num_examples) and d.num_examples >= 0, "diagnostics.num_examples",
-         d.num_examples, "expected an integer >= 0 (0 = every training example)")
+  _check(d.num_examples is None or (_is_int(d.num_examples) and d.num_examples >= 0),
+         "diagnostics.num_examples", d.num_examples,
+         "expected None (one training batch) or an integer >= 0 (0 = every training example)")
   check_choice("diagnostics.batch_stats_mode", d.batch_stats_mode, BATCH_STATS_MODES)
   quantities = tuple(d.quantities) if isinstance(d.quantities, (tuple, list)) else None
   _check(bool(quantities) and all(q in DIAGNOSTICS for q in quantities)
@@ -286,7 +290,7 @@ def _check_diagnostics(c: ml_collections.ConfigDict) -> None:
   if "preconditioned_sharpness" in quantities and base not in PRECONDITIONED:
     raise ValueError(f"diagnostics.quantities has 'preconditioned_sharpness' but the optimizer "
                      f"is {base!r}; it is defined for {list(PRECONDITIONED)}")
-  if d.enabled and d.batch_stats_mode == "train" and d.num_examples % c.batch_size:
+  if d.enabled and d.batch_stats_mode == "train" and (d.num_examples or 0) % c.batch_size:
     raise ValueError(f"diagnostics.num_examples={d.num_examples} must be a multiple of "
                      f"batch_size={c.batch_size} with batch_stats_mode='train' (each "
                      "training-size batch keeps its own BatchNorm statistics)")
