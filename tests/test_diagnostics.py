@@ -67,6 +67,8 @@ def test_train_mode_keeps_each_training_batch_apart(tiny_run):
                                             rel=1e-5)
   with pytest.raises(ValueError, match="does not split into BatchNorm batches of 16"):
     loss({k: v[:24] for k, v in both.items()})
+  # The default diagnostics batch (num_examples=None) is one training batch.
+  assert diagnostics.fixed_batch(run, None, 16)["image"].shape[0] == 16
 
 
 def test_stability_thresholds_by_hand():
