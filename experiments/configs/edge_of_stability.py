@@ -15,10 +15,10 @@ it stops there. The plot is ``plots/diagnostics.png``; ``summary.json`` has
 ``sharpness_late_median`` and ``sharpness_late_ratio`` (the median of sharpness / (2 / lr)
 over the second half of training).
 
-Measured (2-core CPU shared with other jobs, load average 8.6-10.7): 3 min 01 s wall
-(65 s training, 85 s diagnostics, 17 s setup); sharpness 47.0 at step 0, 99.1 at step
-300, median 100.6 over steps 500-1000 (ratio 1.006 to 2 / lr = 100); final training loss
-0.09, test accuracy 0.969. Plot in README, "Curvature".
+Expected (measured on the 2-core CPU shared with other jobs, load average 8.6-10.7):
+3 min 01 s wall (65 s training, 85 s diagnostics, 17 s setup); sharpness 47.0 at step 0,
+99.1 at step 300, median 100.6 over steps 500-1000 (ratio 1.006 to 2 / lr = 100); final
+training loss 0.09, test accuracy 0.969. Plot in README, "Curvature".
 """
 
 from experiments.configs import base
