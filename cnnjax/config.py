@@ -37,8 +37,9 @@ PROGRESS = ("auto", "bar", "log", "none")
 LOSS_OPTIONS: dict[str, type] = {
     "label_smoothing": float,  # cross-entropies, focal, poly1, gan_discriminator
     "gamma": float,            # focal, binary_focal
-    "alpha": float,            # focal, binary_focal, tversky
-    "beta": float,             # tversky, smooth_l1
+    "alpha": float,            # focal, binary_focal, tversky, symmetric_cross_entropy, nce_rce
+    "beta": float,             # tversky, smooth_l1, symmetric_cross_entropy, nce_rce,
+                               # bootstrapped_cross_entropy
     "delta": float,            # huber
     "margin": float,           # multi_margin, contrastive, hinge_embedding, triplet_margin
     "p": float,                # multi_margin (1 or 2), triplet_margin (norm degree)
@@ -51,6 +52,13 @@ LOSS_OPTIONS: dict[str, type] = {
     "ignore_index": int,       # sparse_categorical_cross_entropy
     "swap": bool,              # triplet_margin
     "full": bool,              # gaussian_nll
+    "q": float,                # generalized_cross_entropy
+    "mode": str,               # bootstrapped_cross_entropy: soft | hard
+    "tau": float,              # logit_adjusted_cross_entropy
+    "class_priors": tuple,     # logit_adjusted_cross_entropy; None = the training split's
+    "class_counts": tuple,     # ldam; None = the training split's
+    "max_margin": float,       # ldam
+    "scale": float,            # ldam
 }
 
 
@@ -126,6 +134,26 @@ def get_config() -> ml_collections.ConfigDict:
       cutout=0,               # side of a zeroed square at a random place (0 = off)
   ))
 
+  # Corrupted training data: applied to the train split before the validation split is
+  # carved from it, so validation is corrupted alike; test stays clean and balanced
+  # (cnnjax.data.corruption). What was changed is written to the run's data.json.
+  c.label_noise = ml_collections.ConfigDict(dict(
+      kind="none",            # none | symmetric | pairflip | asymmetric (digits: 2->7, 3->8, 5<->6, 7->1)
+      rate=0.0,               # fraction of each class flipped (asymmetric: of the classes it maps)
+      seed=0,                 # which examples flip, and to what (symmetric); apart from `seed`
+  ))
+  c.class_imbalance = ml_collections.ConfigDict(dict(
+      profile="none",         # none | exponential (n_c = n_max ratio^(-c/(C-1))) | step (half at n_max/ratio)
+      ratio=1.0,              # n_max / n_min, >= 1
+      many_shot_above=100,    # reported bands (classes by training count): many-shot > this,
+      few_shot_below=20,      # few-shot < this, medium-shot in between
+  ))
+  c.reweighting = ml_collections.ConfigDict(dict(
+      kind="none",            # none | class_balanced (Cui et al. 2019 weights of the training counts)
+      beta=0.9999,            # class_balanced: w_c ∝ (1 - beta) / (1 - beta^n_c)
+      start_fraction=0.0,     # weights from this fraction of training on (0.8 = DRW, Cao et al. 2019)
+  ))
+
   # Model.
   c.model = "bn_cnn"          # see cnnjax.models
   c.dropout_rate = config_dict.placeholder(float)  # None = the model's own default
@@ -165,6 +193,24 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 # ------------------------------------------------------------------------ validation
+
+
+def locate(config: ml_collections.ConfigDict, dotted: str) -> tuple[Any, str]:
+  """The section holding the key ``dotted`` ("optimizer.name") and the key's last part.
+
+  Raises:
+    KeyError: ``dotted`` is not a key of ``config``.
+  """
+  *parents, leaf = dotted.split(".")
+  node = config
+  try:
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise KeyError(leaf)
+  except (KeyError, TypeError, AttributeError) as e:
+    raise KeyError(dotted) from e
+  return node, leaf
 
 
 def check_choice(key: str, value: Any, choices) -> None:
@@ -238,6 +284,35 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
          "expected a fraction in [0, 1)")
 
 
+def _check_data_sections(c: ml_collections.ConfigDict) -> None:
+  from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+  noise, imbalance, weighting = c.label_noise, c.class_imbalance, c.reweighting
+  check_choice("label_noise.kind", noise.kind, corruption.NOISE_KINDS)
+  _check(_is_number(noise.rate) and 0.0 <= noise.rate <= 1.0, "label_noise.rate", noise.rate,
+         "expected a fraction in [0, 1]")
+  _check(_is_int(noise.seed) and noise.seed >= 0, "label_noise.seed", noise.seed,
+         "expected an integer >= 0")
+  check_choice("class_imbalance.profile", imbalance.profile, corruption.IMBALANCE_PROFILES)
+  _check(_is_number(imbalance.ratio) and imbalance.ratio >= 1.0, "class_imbalance.ratio",
+         imbalance.ratio, "expected n_max / n_min >= 1")
+  for key in ("many_shot_above", "few_shot_below"):
+    _check(_is_int(imbalance[key]) and imbalance[key] >= 0, f"class_imbalance.{key}",
+           imbalance[key], "expected an integer >= 0")
+  _check(imbalance.few_shot_below <= imbalance.many_shot_above + 1, "class_imbalance.few_shot_below",
+         imbalance.few_shot_below, f"expected <= many_shot_above + 1 ({imbalance.many_shot_above + 1})")
+  check_choice("reweighting.kind", weighting.kind, ("none", "class_balanced"))
+  _check(_is_number(weighting.beta) and 0.0 <= weighting.beta < 1.0, "reweighting.beta",
+         weighting.beta, "expected a number in [0, 1)")
+  _check(_is_number(weighting.start_fraction) and 0.0 <= weighting.start_fraction < 1.0,
+         "reweighting.start_fraction", weighting.start_fraction,
+         "expected a fraction of training in [0, 1)")
+  if noise.kind == "asymmetric":
+    from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
+    classes = catalog.dataset_info(c.dataset).num_classes
+    _check(classes == 10, "label_noise.kind", noise.kind,
+           f"asymmetric noise maps digit classes; dataset={c.dataset!r} has {classes} classes")
+
+
 def validate(config: ml_collections.ConfigDict) -> None:
   """Checks every key of ``config``; raises ValueError (one line) for the first bad one.
 
@@ -259,6 +334,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
   check_choice("on_nonfinite", config.on_nonfinite, ON_NONFINITE)
   check_choice("progress", config.progress, PROGRESS)
   _check_numbers(config)
+  _check_data_sections(config)
   info = catalog.dataset_info(config.dataset)
   missing = [f for f in tasks.TASKS[config.task].batch_fields if f not in info.fields]
   if missing:
@@ -266,7 +342,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
                   if set(tasks.TASKS[config.task].batch_fields) <= set(d.fields))
     raise ValueError(f"task={config.task!r} needs {missing} in every example; dataset="
                      f"{config.dataset!r} has {list(info.fields)}; use one of {fits}")
-  task = tasks.get_task(config.task, info)
+  task = tasks.get_task(config.task, info, config=config)
   task.check_loss(config.loss)
   optimizers.validate(config.optimizer)
   _check_diagnostics(config)

@@ -123,15 +123,11 @@ def take_none_overrides(prefix: str = "--config.") -> list[str]:
 
 
 def _unset(config, key: str) -> None:
-  *parents, leaf = key.split(".")
-  node = config
+  from cnnjax import config as schema  # pylint: disable=g-import-not-at-top
   try:
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise KeyError(leaf)
+    node, leaf = schema.locate(config, key)
     node[leaf] = None
-  except (KeyError, TypeError, AttributeError):
+  except KeyError:
     fail(f"--config.{key}=None: {key!r} is not a config key that can be unset; the keys and "
          "their defaults are in cnnjax/config.py")
 

@@ -40,7 +40,7 @@ def _budget(base) -> str:
           f"{base.num_epochs} epochs") + f", batch {base.batch_size}"
 
 
-def _train_groups(groups, target, log, stop) -> tuple[list[dict], list[dict]]:
+def _train_groups(groups, target, log, stop, select_by="") -> tuple[list[dict], list[dict]]:
   from cnnjax.study import vmapped  # pylint: disable=g-import-not-at-top
   results: dict[int, dict] = {}
   group_times = []
@@ -50,7 +50,7 @@ def _train_groups(groups, target, log, stop) -> tuple[list[dict], list[dict]]:
              if len(settings) > 1 else "") + f", {len(group)} runs]")
     t = time.perf_counter()
     out = vmapped.train_group([v.config for v in group], log=log, label=label, target=target,
-                              stop=stop)
+                              select_by=select_by, stop=stop)
     group_times.append({"group": gi, "runs": len(group), "settings": settings,
                         "wall_seconds": time.perf_counter() - t,
                         "compile_seconds": out[0]["compile_seconds"],
@@ -60,7 +60,8 @@ def _train_groups(groups, target, log, stop) -> tuple[list[dict], list[dict]]:
     for v, r in zip(group, out):
       results[v.index] = {"name": v.name, "setting": v.setting, "seed": v.seed,
                           "optimizer": v.optimizer, "learning_rate": v.learning_rate,
-                          "loss": v.loss, "overrides": v.overrides, "group": gi, **r}
+                          "loss": v.loss, "overrides": v.overrides, "group": gi,
+                          "condition": v.condition, "method": v.method, **r}
   return [results[i] for i in sorted(results)], group_times
 
 
@@ -76,19 +77,31 @@ def _measure(groups, steps: int, timing: dict, log) -> dict:
   return m
 
 
+def _ranking(study, config) -> tuple[str, str]:
+  """The result key a study ranks by and its direction (the task says which way is better)."""
+  from cnnjax import tasks  # pylint: disable=g-import-not-at-top
+  from cnnjax.data import catalog  # pylint: disable=g-import-not-at-top
+  task = tasks.get_task(config.task, catalog.dataset_info(config.dataset))
+  key = study.get("rank_by", "") or f"test_{task.headline}"
+  metric = key.removeprefix("selected_test_").removeprefix("test_")
+  return key, task.goal_of(metric)
+
+
 def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
               log=_log, stop=None) -> dict:
   """Trains the study, writes results.json, report.md and plots/ into workdir."""
   from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   variants = grid.expand(study)
-  groups = grid.group_variants(variants)
+  groups = grid.group_variants(variants, vmap=study.get("vmap", True))
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); {base.model} on "
+  kind = "vmapped group(s)" if study.get("vmap", True) else "separate runs (vmap=False)"
+  log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
-  results, group_times = _train_groups(groups, target, log, stop)
+  results, group_times = _train_groups(groups, target, log, stop,
+                                       study.get("select_by", "") or "")
   timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
             "groups": len(groups),
             "compile seconds (all groups)": sum(g["compile_seconds"] for g in group_times),
@@ -99,17 +112,24 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   os.makedirs(workdir, exist_ok=True)
   report.write_results(os.path.join(workdir, "results.json"),
                        json.loads(study.to_json_best_effort()), results, extra)
+  rank_by, rank_goal = _ranking(study, variants[0].config)
   names = plots.plot_all(results, os.path.join(workdir, "plots"), title)
   metric, _ = report.headline_of(results)
   desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
           f"{tuple(study.seeds)}. Variants that differ only in seed, learning rate or loss "
-          f"were trained together in one vmapped program ({len(groups)} group(s)). "
-          f"Target for 'steps to target': validation {metric} "
+          + ("were trained together in one vmapped program" if study.get("vmap", True) else
+             "were trained one at a time (vmap=False)") + f" ({len(groups)} group(s)). "
+          + (f"Selected epoch: the best validation {study.select_by} of each run "
+             "('selected' columns test that epoch's state; the validation split carries "
+             "the same corruption as training). " if study.get("select_by", "") else "")
+          + f"Target for 'steps to target': validation {metric} "
           f"{'>=' if results[0]['headline_goal'] == 'max' else '<='} {target}.")
   text = report.write_report(os.path.join(workdir, "report.md"), title=title, description=desc,
                              results=results, target=target,
                              n_test=results[0].get("test_examples") if results else None,
-                             timing=timing, plots=[f"plots/{n}" for n in names])
+                             timing=timing, plots=[f"plots/{n}" for n in names],
+                             rank_by=rank_by, rank_goal=rank_goal,
+                             columns=tuple(study.get("columns", ()) or ()))
   log(f"done in {time.perf_counter() - t_start:.1f}s: {os.path.join(workdir, 'report.md')}")
   return {"results": results, "report": text, **extra}
 

@@ -33,12 +33,12 @@ def test_every_loss_option_of_every_classification_loss_is_a_key():
         assert option in config_lib.LOSS_OPTIONS, (name, option)
 
 
-def _parse(argv, monkeypatch):
+def _parse(argv, monkeypatch, config_file="experiments/configs/default.py"):
   # config_flags registers the --config.* overrides it finds in sys.argv when the flag
   # is defined, as in `python -m experiments.main`.
   monkeypatch.setattr("sys.argv", ["prog", *argv])
   values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", str(REPO / "experiments/configs/default.py"),
+  config_flags.DEFINE_config_file("config", str(REPO / config_file),
                                   flag_values=values, lock_config=True)
   values(["prog", *argv])
   return values.config
@@ -133,3 +133,20 @@ def test_library_reads_no_flags():
       continue
     assert "flags.FLAGS" not in text and "DEFINE_" not in text, path
   assert os.path.exists(REPO / "cnnjax" / "config.py")
+
+
+def test_corruption_sections_and_new_loss_options_from_the_command_line(monkeypatch):
+  config = _parse(["--config.loss.name=ldam", "--config.loss.class_counts=(9,8,7,6,5,4,3,2,1,1)",
+                   "--config.loss.scale=10", "--config.label_noise.kind=pairflip",
+                   "--config.label_noise.rate=0.3", "--config.class_imbalance.profile=step",
+                   "--config.class_imbalance.ratio=5", "--config.reweighting.kind=class_balanced",
+                   "--config.reweighting.start_fraction=0.8"], monkeypatch,
+                  "experiments/configs/base.py")
+  config_lib.validate(config)
+  assert config_lib.loss_options(config.loss) == {
+      "class_counts": (9, 8, 7, 6, 5, 4, 3, 2, 1, 1), "scale": 10.0}
+  assert (config.label_noise.rate, config.class_imbalance.ratio) == (0.3, 5.0)
+  config = _parse(["--config.loss.name=bootstrapped_cross_entropy", "--config.loss.mode=hard",
+                   "--config.loss.beta=0.7"], monkeypatch, "experiments/configs/base.py")
+  config_lib.validate(config)
+  assert config_lib.loss_options(config.loss) == {"mode": "hard", "beta": 0.7}

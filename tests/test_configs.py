@@ -12,9 +12,15 @@ from cnnjax import config as config_lib
 from cnnjax.training import loop
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
+def _is_study(path):
+  # A study config runs through experiments.compare and says so in its docstring.
+  with open(path) as f:
+    return "python -m experiments.compare" in f.read()
+
+
 EXPERIMENT_CONFIGS = sorted(
     os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-    if not os.path.basename(p).startswith(("_", "compare_", "lr_sweep")))
+    if not os.path.basename(p).startswith("_") and not _is_study(p))
 
 
 def load(name):

@@ -554,6 +554,10 @@ CANONICAL = [
     "poly1_cross_entropy", "hinge", "squared_hinge", "categorical_hinge", "multi_margin",
     "hinge_embedding", "contrastive", "triplet_margin", "dice", "tversky",
     "dice_cross_entropy", "sequence_cross_entropy", "gan_discriminator", "gan_generator",
+    # tests/test_losses_robust.py
+    "generalized_cross_entropy", "reverse_cross_entropy", "symmetric_cross_entropy",
+    "normalized_cross_entropy", "nce_rce", "bootstrapped_cross_entropy",
+    "logit_adjusted_cross_entropy", "ldam", "focal_sample_dependent", "brier",
     "square_loss"]
 
 
@@ -634,7 +638,10 @@ def _train_steps(fn, num_classes, steps=15, lr=0.5):
 def test_every_classification_loss_trains(name):
   binary = name in ("binary_cross_entropy", "binary_focal", "hinge", "squared_hinge")
   num_classes = 2 if binary else 3
-  fn = L.for_classification(name, num_classes=num_classes)
+  # Per-class statistics of the training split (a task fills them in from the data).
+  stats = {"ldam": {"class_counts": (30, 20, 14)},
+           "logit_adjusted_cross_entropy": {"class_priors": (0.5, 0.3, 0.2)}}
+  fn = L.for_classification(name, num_classes=num_classes, **stats.get(name, {}))
   # The square loss on raw outputs has the curvature of least squares, lambda_max(x^T x / n)
   # ~ 60 on this data: gradient descent is stable only below lr = 2 / 60.
   values = _train_steps(fn, num_classes, lr=0.02 if name == "square_loss" else 0.5)

@@ -16,7 +16,8 @@ from scipy import stats
 from cnnjax.study import aggregate, expand, group_variants, parse_loss_spec, plot_all, welch
 from cnnjax.study import train_group, write_report
 from cnnjax.training import loop
-from experiments.configs import compare_losses, compare_optimizers, default, lr_sweep
+from experiments.configs import (
+    calibration, compare_losses, compare_optimizers, default, long_tail, lr_sweep, noisy_labels)
 
 
 def tiny(data_dir, seed=0, **opt):
@@ -67,6 +68,18 @@ def test_ready_made_studies_expand_and_group():
   study.base.optimizer.weight_decay = 1e-4
   b = expand(study)
   assert len(group_variants(a + b)) == 2
+
+
+@pytest.mark.parametrize("module", [noisy_labels, long_tail, calibration])
+def test_mnist_5k_studies_expand_and_state_command_and_result(module):
+  study = module.get_config()
+  variants = expand(study)
+  assert len(variants) == {"noisy_labels": 90, "long_tail": 30, "calibration": 18}[
+      module.__name__.rsplit(".", 1)[1]]
+  assert all(v.config.dataset == "mnist_5k" for v in variants)
+  assert len(group_variants(variants, vmap=study.vmap)) == len(variants)
+  doc = module.__doc__
+  assert "python -m experiments.compare" in doc and "Measured" in doc
 
 
 def test_expand_rejects_bad_studies():

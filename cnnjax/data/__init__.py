@@ -20,7 +20,7 @@ from cnnjax.data.catalog import DATASETS, DatasetInfo, dataset_info
 
 _LAZY = {
     "Dataset": "cnnjax.data.pipeline",
-    "keyed_permutation": "cnnjax.data.pipeline",
+    "keyed_permutation": "cnnjax.data.permutation",
     "load": "cnnjax.data.pipeline",
     "DatasetNotFoundError": "cnnjax.data.sources",
     "resolve_data_dir": "cnnjax.data.sources",

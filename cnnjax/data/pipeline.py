@@ -36,6 +36,7 @@ import numpy as np
 
 from cnnjax.data import catalog
 from cnnjax.data import sources
+from cnnjax.data.permutation import keyed_permutation
 
 # The validation set is carved with this constant key, not config.seed, so that
 # every seed of an experiment is validated on the same examples.
@@ -45,43 +46,6 @@ VALIDATION_KEY = 0x5EED_0F_7A11D
 SUBSET_KEY = 0x5EED_0F_5B5E7
 
 _SPLITS = ("train", "validation", "test")
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-  """SplitMix64's output function (Steele, Lea & Flood, OOPSLA 2014), on uint64 arrays.
-
-  Used instead of numpy's Generator so that orders stay the same across numpy
-  releases (numpy promises no stream compatibility for Generator methods).
-  """
-  x = x.astype(np.uint64)
-  with np.errstate(over="ignore"):
-    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
-    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
-    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
-    return x ^ (x >> np.uint64(31))
-
-
-def keyed_permutation(n: int, *keys: int) -> np.ndarray:
-  """A permutation of ``range(n)`` that depends only on ``n`` and ``keys``.
-
-  Each index gets the pseudo-random sort key ``splitmix64(index ^ k)`` where
-  ``k`` mixes all ``keys``; sorting by it gives the permutation.
-
-  Examples:
-    >>> p = keyed_permutation(5, 0, 1)
-    >>> sorted(p.tolist())
-    [0, 1, 2, 3, 4]
-    >>> bool((keyed_permutation(5, 0, 1) == p).all())
-    True
-  """
-  k = np.zeros((), np.uint64)
-  for key in keys:
-    k = _splitmix64(k ^ np.uint64(key & 0xFFFFFFFFFFFFFFFF))
-  sort_keys = _splitmix64(np.arange(n, dtype=np.uint64) ^ k)
-  return np.argsort(sort_keys, kind="stable")
-
-
 def to_float(images: np.ndarray) -> np.ndarray:
   """uint8 pixels -> float32 in [0, 1] (``x / 255``)."""
   return images.astype(np.float32) / np.float32(255.0)
@@ -153,10 +117,13 @@ class Dataset:
     held_out = keyed_permutation(n, VALIDATION_KEY)[:n_val]
     is_val = np.zeros(n, bool)
     is_val[held_out] = True
-    # Boolean masks keep the original order inside each split.
+    # Boolean masks (and sorted subsets) keep the original order inside each split.
+    train_rows = _subset_rows(np.flatnonzero(~is_val), train_subset, info.name)
     self._splits: dict[str, Split] = {
-        "train": _subset(_take(train, ~is_val), train_subset, info.name),
-        "validation": _take(train, is_val), "test": test}
+        "train": _take(train, train_rows), "validation": _take(train, is_val), "test": test}
+    self._rows = {"train": train_rows, "validation": np.flatnonzero(is_val)}
+    self.corruption: dict[str, Any] | None = None  # set by `load` (cnnjax.data.corruption)
+    self.train_weights: Any = None  # epoch -> per-example weights [n_train], or None
     for split, fields in self._splits.items():
       _check_split(info, split, fields)
     if self.steps_per_epoch < 1:
@@ -175,6 +142,25 @@ class Dataset:
   def splits(self) -> tuple[str, ...]:
     """Non-empty splits: ``('train', 'validation', 'test')`` or without validation."""
     return tuple(s for s in _SPLITS if self.num_examples(s) > 0)
+
+  def rows(self, split: str) -> np.ndarray:
+    """Positions in the given ``train`` arrays of the ``train`` or ``validation`` split."""
+    return self._rows[split]
+
+  def class_counts(self, split: str = "train") -> np.ndarray:
+    """Examples per class of ``split`` (int64 ``[num_classes]``, from its labels)."""
+    return np.bincount(self._get(split)["label"], minlength=self.info.num_classes)
+
+  def with_train_weights(self, weights_of_epoch) -> "Dataset":
+    """The same data whose training batches also hold ``weight`` (float32 ``[b]``).
+
+    ``weights_of_epoch(epoch) -> [num_examples("train")]`` gives every training
+    example's weight in that epoch (e.g. deferred class re-weighting); evaluation
+    batches carry no weights.
+    """
+    other = copy.copy(self)
+    other.train_weights = weights_of_epoch
+    return other
 
   def num_examples(self, split: str) -> int:
     return len(self._get(split)["image"])
@@ -244,10 +230,14 @@ class Dataset:
     # This process's rows of each global batch, [steps, b].
     order = self.epoch_order(epoch)[: self.steps_per_epoch * self.batch_size]
     rows = order.reshape(self.steps_per_epoch, process_count, b)[:, process_index]
+    weights = None if self.train_weights is None else np.asarray(
+        self.train_weights(epoch), np.float32)
 
     def make_batch(step: int) -> dict[str, np.ndarray]:
       batch = _take(fields, rows[step])
       batch["image"] = to_float(batch["image"])
+      if weights is not None:
+        batch["weight"] = weights[rows[step]]
       return batch
 
     # A grain MapDataset is random access: element k is built from step k only.
@@ -289,17 +279,17 @@ class Dataset:
       yield batch
 
 
-def _subset(split: Split, size: int, name: str) -> Split:
-  """``size`` examples of ``split`` chosen with `SUBSET_KEY`, in their original order."""
-  n = len(split["image"])
+def _subset_rows(rows: np.ndarray, size: int, name: str) -> np.ndarray:
+  """``size`` of the training ``rows`` chosen with `SUBSET_KEY`, in their original order."""
+  n = len(rows)
   if isinstance(size, bool) or not isinstance(size, int) or size < 0:
     raise ValueError(f"train_subset={size!r} must be an integer >= 0 (0 = all)")
   if size == 0:
-    return split
+    return rows
   if size > n:
     raise ValueError(f"train_subset={size} exceeds the {n} training examples of {name} "
                      "(after the validation split)")
-  return _take(split, np.sort(keyed_permutation(n, SUBSET_KEY)[:size]))
+  return rows[np.sort(keyed_permutation(n, SUBSET_KEY)[:size])]
 
 
 def _pixels(images: np.ndarray, dtype: Any) -> np.ndarray:
@@ -369,6 +359,24 @@ def load(config: Any) -> Dataset:
   train_src, test_src = sources.open_splits(name, data_dir, (info.train_split, info.test_split))
   train = sources.read_fields(train_src, info, data_dir=data_dir, split=info.train_split)
   test = sources.read_fields(test_src, info, data_dir=data_dir, split=info.test_split)
-  return Dataset(info, train, test, batch_size=config.batch_size,
+  noise, imbalance = _section(config, "label_noise"), _section(config, "class_imbalance")
+  record = None
+  if (noise or {}).get("kind", "none") != "none" or (
+      imbalance or {}).get("profile", "none") != "none":
+    from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+    train, record = corruption.apply(train, num_classes=info.num_classes, label_noise=noise,
+                                     class_imbalance=imbalance)
+  data = Dataset(info, train, test, batch_size=config.batch_size,
                  eval_batch_size=config.eval_batch_size, seed=_cfg(config, "seed"),
                  validation_fraction=fraction, train_subset=_cfg(config, "train_subset"))
+  data.corruption = record
+  return data
+
+
+def _section(config: Any, key: str) -> dict[str, Any] | None:
+  """A config section as a dict, or None when the config has no such section."""
+  try:
+    section = config[key]
+  except (KeyError, AttributeError):
+    return None
+  return dict(section.to_dict() if hasattr(section, "to_dict") else section)

@@ -26,7 +26,10 @@ from cnnjax.losses._checks import names_list as _names_list
 from cnnjax.losses.classification import (
     binary_cross_entropy, binary_focal, categorical_cross_entropy, focal, kl_divergence,
     poly1_cross_entropy, sparse_categorical_cross_entropy, valid_mask)
+from cnnjax.losses.calibration import brier, focal_sample_dependent
 from cnnjax.losses.generative import gan_discriminator, gan_generator
+from cnnjax.losses.imbalance import (
+    class_balanced_weights, ldam, ldam_margins, logit_adjusted_cross_entropy)
 from cnnjax.losses.margin import (
     categorical_hinge, hinge, hinge_embedding, multi_margin, squared_hinge)
 from cnnjax.losses.metric_learning import contrastive, triplet_margin
@@ -34,6 +37,9 @@ from cnnjax.losses.regression import (
     cosine_similarity, gaussian_nll, huber, log_cosh, mean_absolute_error,
     mean_absolute_percentage_error, mean_squared_error, mean_squared_log_error, poisson,
     smooth_l1)
+from cnnjax.losses.robust import (
+    bootstrapped_cross_entropy, generalized_cross_entropy, nce_rce, normalized_cross_entropy,
+    reverse_cross_entropy, symmetric_cross_entropy)
 from cnnjax.losses.segmentation import dice, dice_cross_entropy, tversky
 from cnnjax.losses.sequence import sequence_cross_entropy
 from cnnjax.losses.square import square_loss
@@ -61,6 +67,13 @@ _LOSSES: dict[str, LossFn] = {
         sequence_cross_entropy,
         # Generative.
         gan_discriminator, gan_generator,
+        # Noisy labels.
+        generalized_cross_entropy, reverse_cross_entropy, symmetric_cross_entropy,
+        normalized_cross_entropy, nce_rce, bootstrapped_cross_entropy,
+        # Long-tailed classes.
+        logit_adjusted_cross_entropy, ldam,
+        # Calibration.
+        focal_sample_dependent, brier,
         # Raw-output square loss (curvature studies).
         square_loss,
     )
@@ -113,6 +126,18 @@ ALIASES: dict[str, str] = {
     "seq_ce": "sequence_cross_entropy",
     "gan_d": "gan_discriminator",
     "gan_g": "gan_generator",
+    "gce": "generalized_cross_entropy",
+    "rce": "reverse_cross_entropy",
+    "sce": "symmetric_cross_entropy",
+    "nce": "normalized_cross_entropy",
+    "nce+rce": "nce_rce",
+    "bootstrap": "bootstrapped_cross_entropy",
+    "logit_adjusted": "logit_adjusted_cross_entropy",
+    "la_ce": "logit_adjusted_cross_entropy",
+    "ldam_loss": "ldam",
+    "flsd": "focal_sample_dependent",
+    "flsd_53": "focal_sample_dependent",
+    "brier_score": "brier",
     "square": "square_loss",
 }
 
@@ -233,8 +258,22 @@ _ADAPTERS: dict[str, str] = {
     "binary_focal": "binary",
     "hinge": "binary",
     "squared_hinge": "binary",
+    "generalized_cross_entropy": "labels",
+    "reverse_cross_entropy": "labels",
+    "symmetric_cross_entropy": "labels",
+    "normalized_cross_entropy": "labels",
+    "nce_rce": "labels",
+    "bootstrapped_cross_entropy": "labels",
+    "logit_adjusted_cross_entropy": "labels",
+    "ldam": "labels",
+    "focal_sample_dependent": "labels",
+    "brier": "labels",
     "square_loss": "onehot",
 }
+
+# Options that are per-class statistics of the training split: `cnnjax.tasks.Classification`
+# fills them in from the data when the config leaves them unset.
+CLASS_STATISTICS = ("class_counts", "class_priors")
 
 # Set by the adapter itself; a user option of that name would contradict it.
 _FIXED = {"from_logits", "activation", "axis", "log_input"}
@@ -365,5 +404,6 @@ def for_classification(name: str, *, num_classes: int,
 
 __all__ = [
     "ALIASES", "canonical_name", "classification_names", "for_classification", "get",
+    "CLASS_STATISTICS", "class_balanced_weights", "ldam_margins",
     "names", "options_of", "reduce", "valid_mask", *sorted(_LOSSES),
 ]

@@ -75,3 +75,43 @@ def plot_confusion_matrix(confusion: np.ndarray, path: str, title: str = "") -> 
   ax.set_title(title or "confusion matrix (test)")
   fig.tight_layout()
   save(fig, path)
+
+
+def _reliability_panel(ax, bins: Mapping[str, Sequence[float]], label: str) -> None:
+  count = np.asarray(bins["count"], np.float64)
+  acc = np.asarray(bins["accuracy"], np.float64)
+  conf = np.asarray(bins["confidence"], np.float64)
+  n = len(count)
+  centers = (np.arange(n) + 0.5) / n
+  filled = count > 0
+  ax.bar(centers[filled], acc[filled], width=1.0 / n, edgecolor="C0", color="C0", alpha=0.7,
+         label="accuracy")
+  ax.bar(centers[filled], (conf - acc)[filled], bottom=acc[filled], width=1.0 / n,
+         color="C3", alpha=0.3, edgecolor="C3", label="gap to confidence")
+  ax.plot([0, 1], [0, 1], "k--", lw=1)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1)
+  ax.set_xlabel("confidence (top-class probability)")
+  ax.set_ylabel("accuracy")
+  ax.set_title(label, fontsize=10)
+  ax.legend(loc="upper left", fontsize=8)
+  share = ax.twinx()
+  share.plot(centers[filled], count[filled] / max(count.sum(), 1), "o:", color="C2", ms=3)
+  share.set_ylabel("fraction of examples", color="C2")
+  share.set_ylim(0, 1)
+
+
+def plot_reliability(final: Mapping[str, Any], path: str, title: str = "") -> None:
+  """Reliability diagrams of a classification result, before and after temperature scaling."""
+  plt = pyplot()
+  panels = [("reliability", f"T = 1: ECE {final['ece']:.4f}, NLL {final['nll']:.4f}")]
+  if "ts_reliability" in final:
+    panels.append(("ts_reliability", f"T = {final['temperature']:.3g} (fitted on validation): "
+                   f"ECE {final['ts_ece']:.4f}, NLL {final['ts_nll']:.4f}"))
+  fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.6), squeeze=False)
+  for ax, (key, label) in zip(axes[0], panels):
+    _reliability_panel(ax, final[key], label)
+  if title:
+    fig.suptitle(f"{title}: reliability (15 equal-width bins)", fontsize=11)
+  fig.tight_layout()
+  save(fig, path)

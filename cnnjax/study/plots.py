@@ -191,12 +191,63 @@ def _loss_comparison(results: Results, directory: str, title: str) -> str:
   return "loss_comparison.png"
 
 
+def _pooled_bins(runs: Results, key: str) -> dict[str, np.ndarray] | None:
+  """Reliability bins pooled over a setting's seeds (counts added, means count-weighted)."""
+  bins = [r["test_details"][key] for r in runs
+          if not r["diverged"] and key in r.get("test_details", {})]
+  if not bins:
+    return None
+  count = np.sum([b["count"] for b in bins], 0)
+  pooled = {"count": count}
+  for k in ("confidence", "accuracy"):
+    weighted = np.nansum([np.asarray(b[k], np.float64) * np.asarray(b["count"]) for b in bins], 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      pooled[k] = np.where(count > 0, weighted / count, np.nan)
+  return pooled
+
+
+def _reliability(results: Results, directory: str, title: str) -> list[str]:
+  """One PNG per condition: a reliability diagram per setting, before and after TS."""
+  plt = pyplot()
+  names = []
+  conditions = list(dict.fromkeys(r.get("condition", "") for r in results))
+  for ci, condition in enumerate(conditions):
+    by = _by_setting([r for r in results if r.get("condition", "") == condition])
+    fig, axes = plt.subplots(1, len(by), figsize=(3.2 * len(by), 3.6), squeeze=False)
+    for ax, (setting, runs) in zip(axes[0], by.items()):
+      for key, color, label in (("reliability", "C0", "T = 1"),
+                                ("ts_reliability", "C1", "after TS")):
+        b = _pooled_bins(runs, key)
+        if b is None:
+          continue
+        shown = b["count"] > 0
+        centers = (np.arange(len(b["count"])) + 0.5) / len(b["count"])
+        ax.plot(centers[shown], b["accuracy"][shown], "o-", color=color, ms=3, label=label)
+      ax.plot([0, 1], [0, 1], "k--", lw=0.8)
+      ece = [r.get("test_ece") for r in runs if r.get("test_ece") is not None]
+      ax.set_title(f"{runs[0].get('method') or setting}\nECE {np.mean(ece):.4f}" if ece else
+                   setting, fontsize=8)
+      ax.set_xlim(0, 1)
+      ax.set_ylim(0, 1)
+      ax.set_xlabel("confidence", fontsize=8)
+      ax.legend(fontsize=7, loc="upper left")
+    axes[0, 0].set_ylabel("accuracy (pooled over seeds)")
+    fig.suptitle(f"{title}{': ' + condition if condition else ''}: reliability (test)",
+                 fontsize=10)
+    fig.tight_layout()
+    name = "reliability.png" if len(conditions) == 1 else f"reliability_{ci + 1}.png"
+    save(fig, os.path.join(directory, name))
+    names.append(name)
+  return names
+
+
 def plot_all(results: Results, directory: str, title: str) -> list[str]:
   """Writes the study's PNGs into ``directory``; returns their file names.
 
   learning_curves.png (validation headline metric and train loss per epoch),
   final_<metric>.png (mean ± std, dots = seeds), lr_sensitivity.png (when an optimizer
-  has > 1 learning rate), loss_comparison.png (with > 1 loss).
+  has > 1 learning rate), loss_comparison.png (with > 1 loss), reliability[_k].png (one
+  per condition, when the results carry reliability bins).
   """
   os.makedirs(directory, exist_ok=True)
   losses = list(dict.fromkeys(r["loss"] for r in results))
@@ -215,5 +266,7 @@ def plot_all(results: Results, directory: str, title: str) -> list[str]:
     names.append(_lr_sensitivity(results, directory, title))
   if len(losses) > 1:
     names.append(_loss_comparison(results, directory, title))
+  if any("reliability" in r.get("test_details", {}) for r in results):
+    names += _reliability(results, directory, title)
   return names
 

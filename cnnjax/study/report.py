@@ -37,28 +37,42 @@ def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | Non
   return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
-def _setting_row(setting: str, runs: Sequence[Mapping[str, Any]], metric: str) -> dict[str, Any]:
+def _is_percent(key: str, runs: Sequence[Mapping[str, Any]]) -> bool:
+  return "accuracy" in key and runs[0].get("headline_percent", True)
+
+
+def _setting_row(setting: str, runs: Sequence[Mapping[str, Any]], metric: str,
+                 key: str | None = None, columns: Sequence[str] = ()) -> dict[str, Any]:
+  key = key or f"test_{metric}"
   ok = [r for r in runs if not r["diverged"]]
-  mean, std = _mean_std([r.get(f"test_{metric}") for r in ok])
+  mean, std = _mean_std([r.get(key) for r in ok])
   loss_m, loss_s = _mean_std([r.get("test_loss") for r in ok])
   reached = [r["steps_to_target"] for r in ok if r.get("steps_to_target") is not None]
   secs = [r["seconds_to_target"] for r in ok if r.get("seconds_to_target") is not None]
   return {
-      "setting": setting, "metric": metric, "n": len(runs), "diverged": len(runs) - len(ok),
-      "mean": mean, "std": std, "values": [r.get(f"test_{metric}") for r in ok],
+      "setting": setting, "metric": metric, "key": key, "n": len(runs),
+      "diverged": len(runs) - len(ok), "condition": runs[0].get("condition", ""),
+      "method": runs[0].get("method", ""),
+      "mean": mean, "std": std, "values": [r.get(key) for r in ok if r.get(key) is not None],
+      "columns": {c: _mean_std([r.get(c) for r in ok]) for c in columns},
+      "column_values": {c: [r.get(c) for r in ok if r.get(c) is not None] for c in columns},
       "loss_mean": loss_m, "loss_std": loss_s, "reached_target": len(reached),
       "steps_to_target_mean": float(np.mean(reached)) if reached else None,
       "seconds_to_target_mean": float(np.mean(secs)) if secs else None,
       "optimizer": runs[0].get("optimizer"), "learning_rate": runs[0].get("learning_rate"),
-      "loss": runs[0].get("loss"), "percent": runs[0].get("headline_percent", True),
+      "loss": runs[0].get("loss"), "percent": _is_percent(key, runs),
   }
 
 
-def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Per setting: n, diverged count, mean/std of the headline metric and loss, steps to target.
+def aggregate(results: Sequence[Mapping[str, Any]], *, key: str | None = None,
+              goal: str | None = None, columns: Sequence[str] = ()) -> list[dict[str, Any]]:
+  """Per setting: n, diverged count, mean/std of the ranking metric, of the loss and of
+  ``columns`` (result keys), steps to target.
 
-  Returns the settings ranked best first by the mean headline metric in its direction
-  (ties by the smaller seed std; settings whose every seed diverged last).
+  ``key`` is the result key to rank by (default ``test_<headline>``), ``goal`` its
+  direction (default the headline's). Returns the settings grouped by condition (in
+  order of appearance), each group ranked best first by the mean of ``key`` (ties by the
+  smaller seed std; settings whose every seed diverged last).
 
   Example:
     >>> rows = aggregate([
@@ -68,15 +82,18 @@ def aggregate(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     >>> [(r["setting"], r["mean"] and round(r["mean"], 3), r["diverged"]) for r in rows]
     [('a', 0.85, 0), ('b', None, 1)]
   """
-  metric, goal = headline_of(results)
+  metric, headline_goal = headline_of(results)
+  goal = goal or headline_goal
   by: dict[str, list[Mapping[str, Any]]] = {}
   for r in results:
     by.setdefault(r["setting"], []).append(r)
-  rows = [_setting_row(s, runs, metric) for s, runs in by.items()]
+  rows = [_setting_row(s, runs, metric, key, columns) for s, runs in by.items()]
+  conditions = list(dict.fromkeys(r["condition"] for r in rows))
   sign = -1.0 if goal == "max" else 1.0
   # Ties (common: 360 test images) go to the smaller seed spread; losses of different
   # loss functions are not comparable, so the test loss is not a tie-breaker.
-  rows.sort(key=lambda r: (r["mean"] is None, sign * (r["mean"] or 0.0),
+  rows.sort(key=lambda r: (conditions.index(r["condition"]), r["mean"] is None,
+                           sign * (r["mean"] or 0.0),
                            r["std"] if r["std"] is not None else math.inf))
   return rows
 
@@ -139,14 +156,19 @@ def _verdict(w: dict[str, Any]) -> str:
   return "exceeds" if abs(w["t"]) > w["critical"] else "does NOT exceed"
 
 
+def _label(key: str) -> str:
+  return key.replace("selected_test_", "test (selected) ").replace("test_", "test ").replace(
+      "ts_", "after TS ").replace("_", " ")
+
+
 def _summary(rows: Sequence[Mapping[str, Any]], n_test: int | None) -> list[str]:
   ok = [r for r in rows if r["mean"] is not None]
   if not ok:
     return ["Every variant diverged: no winner."]
-  win, metric = ok[0], ok[0]["metric"]
+  win, what = ok[0], _label(ok[0]["key"])
   pct = win["percent"]
   unit, points = ("%", " points") if pct else ("", "")
-  lines = [f"**Winner: {win['setting']}**, test {metric} {fmt(win['mean'], pct)}{unit} "
+  lines = [f"**Winner: {win['setting']}**, {what} {fmt(win['mean'], pct)}{unit} "
            f"± {fmt(win['std'], pct)} over {win['n'] - win['diverged']} seeds."]
   if len(ok) > 1:
     run = ok[1]
@@ -179,40 +201,78 @@ def _summary(rows: Sequence[Mapping[str, Any]], n_test: int | None) -> list[str]
   return lines
 
 
+def _welch_cell(values, baseline) -> str:
+  if baseline is None or values is baseline["values"]:
+    return "(baseline)"
+  w = welch(values, baseline["values"])
+  if w["t"] is None:
+    return "n/a"
+  star = "*" if abs(w["t"]) > w["critical"] else ""
+  return f"{w['t']:+.2f}{star}"
+
+
+def _cell(mean_std, percent: bool) -> str:
+  mean, std = mean_std
+  return "n/a" if mean is None else f"{fmt(mean, percent)} ± {fmt(std, percent)}"
+
+
 def _table(rows: Sequence[Mapping[str, Any]], metric: str, goal: str,
-           target: float | None) -> list[str]:
+           target: float | None, baseline: Mapping[str, Any] | None = None) -> list[str]:
+  key = rows[0]["key"] if rows else f"test_{metric}"
   unit = " %" if rows and rows[0]["percent"] else ""
+  columns = list(rows[0]["columns"]) if rows else []
   tgt = "n/a" if target is None else f"{target:g}"
-  out = [f"| rank | setting | test {metric}{unit} ({'higher' if goal == 'max' else 'lower'} "
-         f"is better) | test loss | reached val {metric} {tgt} | steps to target (mean) | "
-         "diverged |", "|---:|---|---:|---:|---:|---:|---:|"]
+  head = [f"{_label(key)}{unit} ({'higher' if goal == 'max' else 'lower'} is better)",
+          f"Welch t vs {baseline['method'] or baseline['setting']}" if baseline else None,
+          *[_label(c) + (" %" if "accuracy" in c else "") for c in columns], "test loss",
+          f"reached val {metric} {tgt}", "steps to target (mean)", "diverged"]
+  head = [h for h in head if h is not None]
+  out = ["| rank | setting | " + " | ".join(head) + " |",
+         "|---:|---|" + "---:|" * len(head)]
   for i, r in enumerate(rows, 1):
     loss = "n/a" if r["loss_mean"] is None else f"{r['loss_mean']:.4f} ± {r['loss_std']:.4f}"
     steps = "n/a" if r["steps_to_target_mean"] is None else f"{r['steps_to_target_mean']:.0f}"
-    out.append(f"| {i} | {r['setting']} | {fmt(r['mean'], r['percent'])} ± {fmt(r['std'], r['percent'])} | "
-               f"{loss} | {r['reached_target']}/{r['n'] - r['diverged']} | {steps} | "
-               f"{r['diverged']}/{r['n']} |")
+    cells = [f"{fmt(r['mean'], r['percent'])} ± {fmt(r['std'], r['percent'])}"]
+    if baseline:
+      cells.append(_welch_cell(r["values"], baseline))
+    cells += [_cell(r["columns"][c], "accuracy" in c) for c in columns]
+    cells += [loss, f"{r['reached_target']}/{r['n'] - r['diverged']}", steps,
+              f"{r['diverged']}/{r['n']}"]
+    out.append(f"| {i} | {r['setting']} | " + " | ".join(cells) + " |")
   return out
 
 
 def write_report(path: str, *, title: str, description: str,
                  results: Sequence[Mapping[str, Any]], target: float | None,
-                 n_test: int | None, timing: Mapping[str, Any], plots: Sequence[str]) -> str:
-  """Writes report.md (ranked table, plots, timing, generated summary); returns its text."""
-  rows = aggregate(results)
-  metric, goal = headline_of(results)
+                 n_test: int | None, timing: Mapping[str, Any], plots: Sequence[str],
+                 rank_by: str = "", rank_goal: str = "", columns: Sequence[str] = ()) -> str:
+  """Writes report.md (per condition: ranked table with Welch t against the condition's
+  first setting, generated summary; then plots and timing); returns its text."""
+  rows = aggregate(results, key=rank_by or None, goal=rank_goal or None, columns=columns)
+  metric, headline_goal = headline_of(results)
+  goal = rank_goal or headline_goal
   out = [f"# {title}", "", description, "",
-         f"Ranked by mean test {metric} over seeds (± sample std, ddof=1); diverged runs are "
-         "excluded from the means and counted. Test loss is each run's own training loss "
-         "on the test set (not comparable across different losses).", ""]
-  out += _table(rows, metric, goal, target)
-  out += ["", "## Plots", ""]
+         f"Ranked by mean {_label(rows[0]['key']) if rows else metric} over seeds (± sample "
+         "std, ddof=1) within each condition; diverged runs are excluded from the means and "
+         "counted. 'Welch t vs' compares each setting with the condition's first setting "
+         "(* = beyond the two-sided 5% critical value). Test loss is each run's own training "
+         "loss on the test set (not comparable across different losses).", ""]
+  summary: list[str] = []
+  for condition in dict.fromkeys(r["condition"] for r in rows):
+    part = [r for r in rows if r["condition"] == condition]
+    first_setting = next(r["setting"] for r in results if r.get("condition", "") == condition)
+    baseline = next(r for r in part if r["setting"] == first_setting) if len(part) > 1 else None
+    if condition:
+      out += [f"## {condition}", ""]
+      summary += [f"**{condition}**: "]
+    out += _table(part, metric, goal, target, baseline) + [""]
+    summary += _summary(part, n_test) + [""]
+  out += ["## Plots", ""]
   out += [f"![{os.path.splitext(os.path.basename(p))[0]}]({p})" for p in plots]
   out += ["", "## Timing", ""]
   out += [f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in timing.items()]
   out += ["", "## Summary (generated)", ""]
-  out += _summary(rows, n_test)
-  out.append("")
+  out += summary
   text = "\n".join(out)
   with open(path, "w") as f:
     f.write(text)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -112,12 +112,20 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   def one_eval(state, batch, index):
     return first.eval_step(select(index))(state, batch)
 
+  if len(runs) == 1:
+    # One run: its own un-vmapped step (the program `experiments.main` compiles, so the
+    # compilation cache serves both), with the group's leading axis of 1 around it.
+    lead, drop = (lambda t: jax.tree.map(lambda x: x[None], t),
+                  lambda t: jax.tree.map(lambda x: x[0], t))
+    train_fn = lambda st, b, r, i: lead(first.train_step()(drop(st), drop(b), r[0]))
+    eval_fn = lambda st, b, i: lead(first.eval_step()(drop(st), b))
+  else:
+    train_fn, eval_fn = jax.vmap(one_train), jax.vmap(one_eval, in_axes=(0, None, 0))
   return GroupRun(
       runs=runs, state=_stack([r.state for r in runs]),
       train_rngs=jnp.stack([r.train_rng for r in runs]),
       loss_index=jnp.asarray([position[_loss_key(c)] for c in configs], jnp.int32),
-      train_fn=jax.jit(jax.vmap(one_train), donate_argnums=0),
-      eval_fn=jax.jit(jax.vmap(one_eval, in_axes=(0, None, 0))))
+      train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn))
 
 
 def _stacked_batches(g: GroupRun, epoch: int):
@@ -130,19 +138,34 @@ def _stacked_batches(g: GroupRun, epoch: int):
     yield {k: np.stack([batches[s][k] for s in seeds]) for k in per_seed[0]}
 
 
-def _evaluate(g: GroupRun, eval_fn, state, split: str) -> list[dict[str, Any]]:
-  """Each run's finalized metrics on ``split``."""
+def _evaluate(g: GroupRun, eval_fn, state, split: str,
+              validations: Sequence[Mapping[str, Any] | None] | None = None
+              ) -> list[dict[str, Any]]:
+  """Each run's finalized metrics on ``split`` (calibrated on ``validations[k]``)."""
   sums = jax.device_get(tracking.summed(lambda s, b: eval_fn(s, b, g.loss_index), state,
                                         g.first.data.eval_batches(split)))
   task = g.first.task
-  return [task.finalize(jax.tree.map(lambda x, k=k: x[k], sums)) for k in range(len(g.runs))]
+  validations = validations or [None] * len(g.runs)
+  return [task.finalize(jax.tree.map(lambda x, k=k: x[k], sums), validations[k])
+          for k in range(len(g.runs))]
+
+
+@jax.jit
+def _keep_improved(best, state, improved):
+  """Per run k: ``state[k]`` where ``improved[k]``, else ``best[k]``."""
+  return jax.tree.map(lambda b, s: jnp.where(
+      improved.reshape(improved.shape + (1,) * (s.ndim - 1)), s, b), best, state)
 
 
 class _Lane:
-  """One run's bookkeeping inside a group: policy, epoch means, best, target, history."""
+  """One run's bookkeeping inside a group: policy, epoch means, best, target, history,
+  the validation result of the latest and of the selected epoch."""
 
-  def __init__(self, run: Run, target: float | None):
-    self.run, self.target = run, target
+  def __init__(self, run: Run, target: float | None, select_by: str = ""):
+    self.run, self.target, self.select_by = run, target, select_by
+    self.selected = tracking.Best(run.task.goal_of(select_by) if select_by else "max")
+    self.last_val: dict[str, Any] | None = None
+    self.selected_val: dict[str, Any] | None = None
     self.policy = NonFinitePolicy(run.config.on_nonfinite,
                                   max_consecutive=run.config.max_consecutive_nonfinite)
     self.means = tracking.Means()
@@ -160,17 +183,23 @@ class _Lane:
     except (NonFiniteStep, Diverged):
       self.diverged_step = step
 
-  def end_epoch(self, epoch: int, step: int, names, val, seconds: float) -> None:
+  def end_epoch(self, epoch: int, step: int, names, val, seconds: float) -> bool:
+    """Records the epoch; returns whether it is the newly selected one (``select_by``)."""
     record = tracking.epoch_record(epoch, step, self.means.means(), names, val)
     record["seconds"] = seconds
     self.means = tracking.Means()
-    headline = self.run.task.headline
+    headline, improved = self.run.task.headline, False
+    if val is not None:
+      self.last_val = val
     if val is not None and self.diverged_step is None:
       self.best.update(val[headline], epoch)
+      if self.select_by and self.selected.update(val[self.select_by], epoch):
+        self.selected_val, improved = val, True
       if self.target is not None and self.reached is None and _reaches(
           val[headline], self.target, self.run.task.headline_goal):
         self.reached = (step, epoch, seconds)
     self.history.append(record)
+    return improved
 
 
 def _reaches(value: float, target: float, goal: str) -> bool:
@@ -187,7 +216,7 @@ def _compile(g: GroupRun) -> tuple[Callable, Callable]:
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
                 label: str = "", target: float | None = None,
-                stop=None) -> list[dict[str, Any]]:
+                select_by: str = "", stop=None) -> list[dict[str, Any]]:
   """Trains the K runs of ``configs`` together; returns one result dict per run, in order.
 
   Args:
@@ -197,29 +226,51 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     label: a name for the group in progress lines.
     target: a value of the task's headline metric on validation whose first reach is
       reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
-    stop: a `cnnjax.training.signals.StopRequest`, checked at every epoch end.
-
-  Raises:
-    Interrupted: a stop was requested (a group keeps no checkpoints).
+                select_by: str = "") -> list[dict[str, Any]]:
+                stop=None) -> list[dict[str, Any]]:
 
   Returns:
     Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
-    ``test_<metric>`` for each of the task's scalar metrics, ``test_examples``,
+    ``test_<metric>`` for each of the task's scalar metrics (test metrics after
+    calibration use the last epoch's validation), ``test_details``, ``test_examples``,
     ``best_val_<headline>``, ``best_epoch``, ``final_val_<headline>``, ``headline``,
     ``headline_goal``, ``diverged``, ``diverged_step``, ``steps_to_target``,
     ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
-    (the group's, shared by its K runs), ``group_size``. ``seconds`` and
-    ``seconds_to_target`` are the group's wall time divided by K: a run's share.
+    (the group's, shared by its K runs), ``group_size``; with ``select_by`` also
+    ``selected_epoch`` and ``selected_test_<metric>`` (the selected state, calibrated on
+    its own validation result). ``seconds`` and ``seconds_to_target`` are the group's wall
+    time divided by K: a run's share.
   """
   log = log or (lambda _: None)
   t0 = time.perf_counter()
   g = build_group(configs)
   train_fn, eval_fn = _compile(g)
   compile_seconds = time.perf_counter() - t0
-  first, k_runs = g.first, len(configs)
+  lanes = [_Lane(r, target, select_by) for r in g.runs]
+  state, best, step, train_seconds = _train_epochs(g, train_fn, eval_fn, lanes, log, label,
+                                                   bool(select_by), stop)
+  has_val = g.first.data.num_examples("validation") > 0
+  test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
+                   else [{}] * len(lanes))
+  results = [_result(lane, t, step, compile_seconds, train_seconds, len(configs))
+             for lane, t in zip(lanes, test)]
+  if select_by and has_val:
+    selected = _evaluate(g, eval_fn, best, "test", [lane.selected_val or {} for lane in lanes])
+    task = g.first.task
+    for r, lane, t in zip(results, lanes, selected):
+      r["selected_epoch"] = lane.selected.epoch
+      r.update({f"selected_test_{k}": None if r["diverged"] else v
+                for k, v in task.scalars(t).items()})
+  return results
+
+
+def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, select: bool,
+                  stop):
+  """The epochs of a group; returns the final state, the selected states, steps, seconds."""
+  first, k_runs = g.first, len(g.runs)
   names = ("loss", *first.task.train_metric_names)
-  lanes = [_Lane(r, target) for r in g.runs]
   state, step, train_seconds = g.state, 0, 0.0
+  best = jax.tree.map(jnp.copy, state) if select else None
   has_val = first.data.num_examples("validation") > 0
   for epoch in range(1, first.num_epochs + 1):
     t_epoch = time.perf_counter()
@@ -237,18 +288,17 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     if has_val and (epoch % first.config.eval_every_epochs == 0 or step >= first.total_steps):
       val = [first.task.scalars(v) for v in _evaluate(g, eval_fn, state, "validation")]
     train_seconds += time.perf_counter() - t_epoch
-    for k, lane in enumerate(lanes):
-      lane.end_epoch(epoch, step, names, None if val is None else val[k],
-                     train_seconds / k_runs)
+    improved = [lane.end_epoch(epoch, step, names, None if val is None else val[k],
+                               train_seconds / k_runs) for k, lane in enumerate(lanes)]
+    if select and any(improved):
+      best = _keep_improved(best, state, jnp.asarray(improved))
     if val is not None:
       log(_epoch_line(label, epoch, first, lanes, val, train_seconds))
     if stop is not None and stop.requested:
       raise Interrupted(f"interrupted by {stop.name} in {label or 'a study group'}, epoch "
                         f"{epoch}; a study keeps no checkpoints: nothing was written",
                         stop.exit_code)
-  test = _evaluate(g, eval_fn, state, "test")
-  return [_result(lane, t, step, compile_seconds, train_seconds, k_runs)
-          for lane, t in zip(lanes, test)]
+  return state, best, step, train_seconds
 
 
 def _epoch_line(label, epoch, first: Run, lanes, val, train_seconds) -> str:
@@ -269,7 +319,7 @@ def _result(lane: _Lane, test: dict[str, Any], step: int, compile_seconds: float
   return {
       "diverged": diverged, "diverged_step": lane.diverged_step,
       **{f"test_{k}": None if diverged else v for k, v in task.scalars(test).items()},
-      "test_examples": test["count"], "headline": headline, "headline_goal": task.headline_goal,
+      "test_details": {} if diverged else task.details(test), "test_examples": test["count"], "headline": headline, "headline_goal": task.headline_goal,
       "headline_percent": task.headline_percent,
       f"final_val_{headline}": None if diverged else last.get(f"val_{headline}"),
       f"best_val_{headline}": lane.best.value, "best_epoch": lane.best.epoch,

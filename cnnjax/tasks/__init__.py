@@ -24,15 +24,19 @@ def names() -> list[str]:
   return sorted(TASKS)
 
 
-def get_task(name: str, info) -> Task:
+def get_task(name: str, info, *, data=None, config=None) -> Task:
   """Task ``name`` for the dataset described by ``info`` (a `cnnjax.data.DatasetInfo`).
+
+  ``data`` (the run's loaded `cnnjax.data.Dataset`) and ``config`` (the run config) let
+  the task read training-split statistics and its config sections; without them it can
+  still check a loss config.
 
   Raises:
     ValueError: an unknown task name (the message lists the known ones).
   """
   if name not in TASKS:
     raise ValueError(f"task={name!r} is not accepted; expected one of {names()}")
-  return TASKS[name](info)
+  return TASKS[name](info, data=data, config=config)
 
 
 __all__ = ["Classification", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]

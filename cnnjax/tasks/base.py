@@ -15,7 +15,12 @@ study call these and never look at a label themselves.
   of one batch (a pytree of arrays), so batches, devices and hosts merge by
   addition; the step adds ``loss_sum`` and ``count`` itself. `finalize(sums)` turns
   the merged sums into the reported numbers (scalars, plus arrays such as a
-  confusion matrix) once, at the end.
+  confusion matrix) once, at the end; given the finalized ``validation`` result of the
+  same state, it may also report post-hoc calibrated numbers fitted there (temperature
+  scaling). `details(final)` gives its non-scalar parts as JSON (for studies).
+* **Data**: a task built with the run's ``data`` and ``config`` may read statistics of
+  the training split (class counts for losses that need them) and give per-example
+  training weights (`train_weights`, e.g. deferred re-weighting).
 * **Headline**: `headline` (a key of `finalize`'s scalars) and `headline_goal`
   (``"max"`` or ``"min"``) pick the "best" checkpoint, what progress shows and how
   studies rank.
@@ -50,9 +55,18 @@ class Task:
   headline: ClassVar[str] = ""
   headline_goal: ClassVar[str] = "max"
   headline_percent: ClassVar[bool] = True  # a fraction reports show in percent
+  lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)  # metrics where less is better
 
-  def __init__(self, info):
+  def __init__(self, info, *, data=None, config: ml_collections.ConfigDict | None = None):
     self.info = info
+    self.data = data
+    self.config = config
+
+  def goal_of(self, metric: str) -> str:
+    """``"min"`` or ``"max"``: the direction in which ``metric`` improves."""
+    if metric == self.headline:
+      return self.headline_goal
+    return "min" if metric in self.lower_is_better else "max"
 
   # -- model and loss ---------------------------------------------------------
 
@@ -88,15 +102,28 @@ class Task:
     del outputs, batch
     return {}
 
-  def finalize(self, sums: Mapping[str, Any]) -> dict[str, Any]:
+  def finalize(self, sums: Mapping[str, Any],
+               validation: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Reported numbers from summed evaluation statistics (host numpy).
 
     The base computes ``loss`` (mean per-example loss) and ``count``; subclasses
-    add theirs.
+    add theirs. ``validation`` is the finalized validation result of the same state
+    (None on the validation split itself, or when there is none).
     """
+    del validation
     count = float(np.asarray(sums["count"]))
     return {"loss": float(np.asarray(sums["loss_sum"])) / count if count else float("nan"),
             "count": int(count)}
+
+  def details(self, final: Mapping[str, Any]) -> dict[str, Any]:
+    """The non-scalar parts of a `finalize` result worth keeping, as JSON types."""
+    del final
+    return {}
+
+  def train_weights(self, steps_per_epoch: int, total_steps: int):
+    """``epoch -> [n_train]`` weights of the training examples, or None (all weigh 1)."""
+    del steps_per_epoch, total_steps
+    return None
 
   def scalars(self, final: Mapping[str, Any]) -> dict[str, float]:
     """The scalar entries of a `finalize` result except ``count`` (for history and logs)."""

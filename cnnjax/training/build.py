@@ -148,13 +148,16 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
   if parallel is not None:
     parallel.check_batch_size(config.batch_size)
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
-  task = tasks_lib.get_task(config.task, data.info)
+  task = tasks_lib.get_task(config.task, data.info, data=data, config=config)
   model = get_model(config.model, num_classes=task.output_size, dtype=config.dtype,
                     dropout_rate=config.dropout_rate, implementation=fast_ops.resolve(implementation),
                     **({} if parallel is None else parallel.model_kwargs()))
   eval_model = model.clone(implementation=fast_ops.resolve(implementation, forward_only=True))
   steps_per_epoch = data.steps_per_epoch
   budget = total_steps(config, steps_per_epoch)
+  weights = task.train_weights(steps_per_epoch, budget)
+  if weights is not None:
+    data = data.with_train_weights(weights)
   tx = optimizers.make_optimizer(_unit_rate(config.optimizer), budget)
   initializer = initializer or state_lib.make_initializer(
       model, tx, data.info.image_shape, ema_decay=config.optimizer.ema_decay)

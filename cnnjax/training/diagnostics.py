@@ -36,7 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 from cnnjax import config as config_lib
 from cnnjax import curvature, optimizers
-from cnnjax.data.pipeline import keyed_permutation
+from cnnjax.data.permutation import keyed_permutation
 from cnnjax.models import has_batch_norm
 from cnnjax.training import curvature_loss
 from cnnjax.training.build import Run

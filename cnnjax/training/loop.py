@@ -133,6 +133,9 @@ class _Trainer:
     self.window = tracking.Means()
     self.diverged_step: int | None = None
     self.last_save = time.perf_counter()
+    self.last_validation: dict[str, Any] | None = None  # of the current state
+    from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+    self.data_record = corruption.dataset_record(self.data)
 
   def _checkpointer(self):
     from cnnjax.training import checkpoint  # pylint: disable=g-import-not-at-top
@@ -173,6 +176,7 @@ class _Trainer:
       reporting.write_json(os.path.join(self.workdir, "config.json"), resolved)
       reporting.write_json(os.path.join(self.workdir, "manifest.json"),
                            manifest.build(resolved, self.par, self.workdir))
+      reporting.write_json(os.path.join(self.workdir, "data.json"), self.data_record)
     if self.checkpointer is None:
       self.checkpointer = self._checkpointer()
     self.writer = reporting.MetricsWriter(self.workdir, enabled=self.main)
@@ -357,6 +361,7 @@ class _Trainer:
     val, improved = None, False
     if self.has_val and (epoch % c.eval_every_epochs == 0 or self.step >= run.total_steps):
       val = self.task.scalars(self._evaluate("validation"))
+      self.last_validation = val
       self.writer.write({"step": self.step, "epoch": epoch, "split": "validation", **val})
       improved = self.best.update(val[self.task.headline], epoch)
     record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
@@ -373,10 +378,18 @@ class _Trainer:
       self.progress.message(f"epoch {epoch}/{run.num_epochs}  train {train}  val "
                             + _pairs({k: val[k] for k in shown if k in val}))
 
-  def _evaluate(self, split: str) -> dict[str, Any]:
+  def _evaluate(self, split: str, validation: dict[str, Any] | None = None) -> dict[str, Any]:
     sums = tracking.summed(self.eval_fn, self.state, self._eval_batches(split),
                            self.par.put_batch)
-    return self.task.finalize(self.par.fetch(sums))
+    return self.task.finalize(self.par.fetch(sums), validation)
+
+  def _test(self) -> dict[str, Any]:
+    """The test evaluation, calibrated on the validation result of the same state."""
+    if not self.has_val:
+      return self._evaluate("test", {})
+    if self.last_validation is None:  # resumed after the last epoch's validation
+      self.last_validation = self.task.scalars(self._evaluate("validation"))
+    return self._evaluate("test", self.last_validation)
 
   # -- diagnostics (config.diagnostics) --------------------------------------
 
@@ -466,9 +479,9 @@ class _Trainer:
     summary = _summary(self, status)
     test = None
     if status == "completed":
-      test = self._evaluate("test")
+      test = self._test()
       summary.update({f"test_{k}": v for k, v in self.task.scalars(test).items()},
-                     test_examples=test["count"])
+                     test_examples=test["count"], test_details=self.task.details(test))
     # The task's own lines of the results table (reprinted runs show them too).
     summary["report_rows"] = [list(row) for row in self.task.summary_rows(summary)]
     if not self.main:
@@ -516,6 +529,7 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       "examples_per_sec": steps * c.batch_size / t.train_seconds if t.train_seconds else None,
       "parallel": t.par.mode, "devices": [str(d) for d in t.par.devices],
       "process_count": jax.process_count(), "versions": manifest.package_versions(),
+      "data": _data_summary(t.data_record),
       # Steps up to the end (or the divergence) whose non-finite update the train step
       # skipped (on_nonfinite="skip"); the state's nonfinite_count also counts steps that
       # were dispatched after a divergence.
@@ -550,6 +564,11 @@ def _diagnostics_summary(t: _Trainer) -> dict[str, Any]:
              if k not in ("step", "epoch", "split", "seconds", "learning_rate")}, **plateau}
 
 
+def _data_summary(record: dict[str, Any]) -> dict[str, Any]:
+  from cnnjax.data import corruption  # pylint: disable=g-import-not-at-top
+  return corruption.summary_of(record)
+
+
 def results_table(summary: dict[str, Any]) -> str:
   """The short table printed at the end of a run."""
   h = summary.get("headline", "accuracy")
@@ -557,6 +576,8 @@ def results_table(summary: dict[str, Any]) -> str:
   rows = [
       [f"test {h}", summary.get(f"test_{h}")],
       ["test loss", summary.get("test_loss")],
+      # The task's own lines (reprinted runs show them too).
+      *[list(row) for row in summary.get("report_rows", [])],
       [f"best val {h}", "n/a" if best is None else
        f"{reporting.format_value(best)} (epoch {summary.get('best_epoch')})"],
       ["epochs / steps", f"{summary['epochs']} / {summary['steps']}"],
@@ -567,7 +588,6 @@ def results_table(summary: dict[str, Any]) -> str:
          ["final sharpness", summary.get("final_sharpness")]]
         if "diagnostics_seconds" in summary else []),
       ["examples / second", summary.get("examples_per_sec")],
-      *[list(row) for row in summary.get("report_rows", [])],
       ["status", summary["status"]],
   ]
   if summary.get("skipped_steps"):

@@ -6,7 +6,13 @@ batch 128, 10 epochs.
 
 Expected: about 0.99 test accuracy (the sources' figure for this network; the
 dataset cannot be downloaded on the machine the project is developed on, so the
-figure is not re-measured here).
+figure is not re-measured here). On the embedded 5,000-image subset, offline:
+
+    python -m experiments.main --config=experiments/configs/mnist.py --config.dataset=mnist_5k
+
+measured 0.971 / 0.962 / 0.975 test accuracy for seeds 0 / 1 / 2 (mean 0.969 ± 0.007 on
+the 1,000 test images; 3.2-4.2 min wall each on the shared 2-core CPU at load average
+5-9, 163-205 s of it training).
 """
 
 from experiments.configs import base
