@@ -26,7 +26,7 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
-__all__ = ["LOSS_OPTIONS", "check_choice", "get_config", "validate"]
+__all__ = ["LOSS_OPTIONS", "check_choice", "from_dict", "get_config", "validate"]
 
 DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("stop", "skip", "rollback")
@@ -93,6 +93,29 @@ def _optimizer_section() -> ml_collections.ConfigDict:
       clip_value=0.0,         # 0 = off
       grad_accum_steps=1,     # gradient accumulation: one update per k batches (their mean)
       ema_decay=0.0,          # > 0: evaluate with an EMA of the parameters
+      sam_base="adamw",       # name="sam": the optimizer SAM wraps (any other name above)
+      rho=0.05,               # name="sam": radius of the ascent step (Foret et al. 2021)
+  ))
+
+
+# What `cnnjax.training.diagnostics` can compute; see docs/curvature.md.
+DIAGNOSTICS = ("sharpness", "preconditioned_sharpness", "hessian_trace", "noise_scale")
+BATCH_STATS_MODES = ("train", "eval")
+
+
+def _diagnostics_section() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(
+      enabled=False,          # curvature diagnostics during training (docs/curvature.md)
+      every_steps=200,        # period in training steps; also at step 0 and the last step
+      quantities=("sharpness",),  # any of DIAGNOSTICS
+      # The fixed batch: None = one training batch (batch_size examples), 0 = every
+      # training example, else this many.
+      num_examples=config_dict.placeholder(int),
+      batch_stats_mode="train",  # BatchNorm: train = statistics of each training-size batch
+                                 # (the training loss) | eval = the running averages
+      lanczos_iterations=6,   # Hessian-vector products per sharpness (warm-started from
+                              # the last evaluation's eigenvector)
+      trace_samples=8,        # Hutchinson probes per hessian_trace
   ))
 
 
@@ -151,6 +174,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.dataset = "digits"        # see cnnjax.data.catalog (digits is embedded, offline)
   c.data_dir = ""             # "" means $CNNJAX_DATA_DIR, else ~/tensorflow_datasets
   c.validation_fraction = 0.1  # carved deterministically from the train split; 0 = none
+  c.train_subset = 0          # > 0: train on a fixed subset of this many training examples
+                              # (the same for every seed; e.g. full-batch gradient descent)
   c.augment = ml_collections.ConfigDict(dict(
       crop_padding=0,         # random crop after zero padding by this many pixels (a shift)
       flip=False,             # random horizontal flip
@@ -177,6 +202,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss = _loss_section()
   # Optimizer (README, "Optimizers").
   c.optimizer = _optimizer_section()
+  # Curvature during training (off by default).
+  c.diagnostics = _diagnostics_section()
 
   _add_task_sections(c)
 
@@ -266,7 +293,7 @@ def _check_numbers(c: ml_collections.ConfigDict) -> None:
   for key in ("batch_size", "eval_batch_size", "log_every_steps", "eval_every_epochs",
               "keep_checkpoints", "max_consecutive_nonfinite"):
     _check(_is_int(c[key]) and c[key] > 0, key, c[key], "expected an integer > 0")
-  for key in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed"):
+  for key in ("num_epochs", "num_train_steps", "checkpoint_every_steps", "seed", "train_subset"):
     _check(_is_int(c[key]) and c[key] >= 0, key, c[key], "expected an integer >= 0")
   if c.num_epochs == 0 and c.num_train_steps == 0:
     raise ValueError("num_epochs=0 and num_train_steps=0: nothing to train; set one of them > 0")
@@ -367,6 +394,63 @@ def validate(config: ml_collections.ConfigDict) -> None:
   task.check_loss(config.loss)
   optimizers.validate(config.optimizer)
   task.check_config(config)
+  _check_diagnostics(config)
+
+
+def _check_diagnostics(c: ml_collections.ConfigDict) -> None:
+  from cnnjax import optimizers  # pylint: disable=g-import-not-at-top
+  d = c.diagnostics
+  _check(isinstance(d.enabled, bool), "diagnostics.enabled", d.enabled, "expected True or False")
+  for key in ("every_steps", "lanczos_iterations", "trace_samples"):
+    _check(_is_int(d[key]) and d[key] > 0, f"diagnostics.{key}", d[key], "expected an integer > 0")
+  _check(d.num_examples is None or (_is_int(d.num_examples) and d.num_examples >= 0),
+         "diagnostics.num_examples", d.num_examples,
+         "expected None (one training batch) or an integer >= 0 (0 = every training example)")
+  check_choice("diagnostics.batch_stats_mode", d.batch_stats_mode, BATCH_STATS_MODES)
+  quantities = tuple(d.quantities) if isinstance(d.quantities, (tuple, list)) else None
+  _check(bool(quantities) and all(q in DIAGNOSTICS for q in quantities)
+         and len(set(quantities)) == len(quantities), "diagnostics.quantities", d.quantities,
+         f"expected a tuple of distinct names from {list(DIAGNOSTICS)}")
+  base = optimizers.base_name(c.optimizer)
+  if "preconditioned_sharpness" in quantities and base not in PRECONDITIONED:
+    raise ValueError(f"diagnostics.quantities has 'preconditioned_sharpness' but the optimizer "
+                     f"is {base!r}; it is defined for {list(PRECONDITIONED)}")
+  if d.enabled and d.batch_stats_mode == "train" and (d.num_examples or 0) % c.batch_size:
+    raise ValueError(f"diagnostics.num_examples={d.num_examples} must be a multiple of "
+                     f"batch_size={c.batch_size} with batch_stats_mode='train' (each "
+                     "training-size batch keeps its own BatchNorm statistics)")
+
+
+# Optimizers whose state holds Adam's second moment (`cnnjax.curvature.adam_preconditioner`).
+PRECONDITIONED = ("adam", "adamw", "nadam", "nadamw")
+
+
+def from_dict(values: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """The schema with ``values`` set on it, e.g. a run's ``config.json`` read back.
+
+  JSON lists become the schema's tuples; keys the values lack keep their defaults (a run
+  written before a key existed trained with its default); an unknown key is refused.
+
+    >>> config = from_dict({"model": "tiny_cnn", "optimizer": {"step_boundaries": [0.3, 0.6]}})
+    >>> config.model, config.optimizer.step_boundaries, config.batch_size
+    ('tiny_cnn', (0.3, 0.6), 32)
+  """
+  config = get_config()
+  _assign(config, values, "")
+  return config
+
+
+def _assign(node: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: str) -> None:
+  for key, value in values.items():
+    if key not in node:
+      raise ValueError(f"unknown config key {prefix + key!r}; the accepted keys and their "
+                       "defaults are in cnnjax/config.py")
+    if isinstance(node[key], ml_collections.ConfigDict):
+      _assign(node[key], value, f"{prefix}{key}.")
+      continue
+    if isinstance(value, list) and issubclass(node.get_type(key), tuple):
+      value = tuple(value)
+    node[key] = value
 
 
 def loss_options(loss_config: ml_collections.ConfigDict) -> dict[str, Any]:

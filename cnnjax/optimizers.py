@@ -11,6 +11,11 @@
       with_learning_rate(           # lr = schedule(count) * scale
         optimizer(lr) + decoupled weight decay (-lr * wd * w))))
 
+``name="sam"`` wraps that whole chain, built for ``sam_base``, in sharpness-aware
+minimization (Foret et al. 2021, `optax.contrib.sam` in opaque mode): each update first
+moves to ``w + rho * g / ||g||`` and feeds the gradient there to the chain. Its
+``update`` then needs a ``grad_fn`` (`needs_grad_fn`), which the train step provides.
+
 Weight decay and L2 touch only parameters with ``ndim >= 2`` (conv and dense
 kernels), never biases or normalization scales/offsets.
 
@@ -27,7 +32,7 @@ Example:
   ...     end_learning_rate_factor=0.0, step_boundaries=(0.5, 0.75),
   ...     step_factor=0.1, restart_period_fraction=0.25, weight_decay=None,
   ...     l2=0.0, clip_global_norm=0.0, clip_value=0.0, grad_accum_steps=1,
-  ...     ema_decay=0.0))
+  ...     ema_decay=0.0, sam_base="sgd", rho=0.05))
   >>> tx = make_optimizer(cfg, total_steps=100)
   >>> params = {"w": jnp.ones((2, 2))}
   >>> state = tx.init(params)
@@ -52,13 +57,16 @@ import optax
 
 __all__ = [
     "LearningRateState",
+    "base_name",
     "decay_mask",
+    "default_hyperparameter",
     "default_learning_rate",
     "default_weight_decay",
     "learning_rate",
     "make_optimizer",
     "make_schedule",
     "names",
+    "needs_grad_fn",
     "optax_names",
     "learning_rate_scale",
     "scale_learning_rate",
@@ -116,7 +124,10 @@ _REQUIRED_KEYS = (
     "name", "learning_rate", "momentum", "b1", "b2", "eps", "schedule",
     "warmup_steps", "end_learning_rate_factor", "step_boundaries",
     "step_factor", "restart_period_fraction", "weight_decay", "l2",
-    "clip_global_norm", "clip_value", "grad_accum_steps", "ema_decay")
+    "clip_global_norm", "clip_value", "grad_accum_steps", "ema_decay", "sam_base", "rho")
+
+# Wrappers that take a base optimizer (``sam_base``) instead of being one.
+WRAPPERS = ("sam",)
 
 
 def names() -> list[str]:
@@ -155,6 +166,19 @@ def _accepted_names() -> list[str]:
   return names() + optax_names()
 
 
+def base_name(config: ml_collections.ConfigDict) -> str:
+  """The optimizer that makes the updates: ``sam_base`` for ``name="sam"``, else ``name``.
+
+  Example:
+    >>> from cnnjax import config as config_lib
+    >>> section = config_lib.get_config().optimizer
+    >>> section.name, section.sam_base = "sam", "momentum"
+    >>> base_name(section)
+    'momentum'
+  """
+  return config.sam_base if config.name in WRAPPERS else config.name
+
+
 def default_learning_rate(name: str) -> float | None:
   """The learning rate used when `optimizer.learning_rate` is None.
 
@@ -181,6 +205,24 @@ def default_learning_rate(name: str) -> float | None:
   if isinstance(default, (int, float)) and not isinstance(default, bool):
     return float(default)
   return None
+
+
+def default_hyperparameter(name: str, key: str) -> float | None:
+  """The value optimizer ``name`` uses for ``key`` (momentum, b1, b2, eps) when unset.
+
+  Its preset here first (e.g. momentum 0.9 for "momentum"), else the optax default;
+  None when it has none (plain "sgd" has no momentum).
+
+  Example:
+    >>> default_hyperparameter("adamw", "b2"), default_hyperparameter("nesterov", "momentum")
+    (0.999, 0.9)
+  """
+  if name in _NAMED and key in _NAMED[name][1]:
+    return float(_NAMED[name][1][key])
+  p = _alias_params(name).get(key)
+  if p is None or not _is_number(p.default):
+    return None
+  return float(p.default)
 
 
 def default_weight_decay(name: str) -> float:
@@ -222,15 +264,30 @@ def _is_number(x: Any) -> bool:
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def _check_sam(config: ml_collections.ConfigDict) -> None:
+  base = config.sam_base
+  if base in WRAPPERS or base not in _accepted_names():
+    raise _fail("sam_base", base, f"is not an optimizer SAM can wrap; accepted: "
+                f"{', '.join(_accepted_names())}")
+  rho = config.rho
+  if not _is_number(rho) or not rho > 0 or not math.isfinite(rho):
+    raise _fail("rho", rho, "must be > 0 (the radius of the ascent step)")
+  if config.grad_accum_steps != 1:
+    raise _fail("grad_accum_steps", config.grad_accum_steps, "must be 1 with name='sam' "
+                "(the ascent step needs the whole batch's gradient at every update)")
+
+
 def _check_name_and_rate(config: ml_collections.ConfigDict) -> None:
-  name = config.name
+  if config.name in WRAPPERS:
+    _check_sam(config)
+  name = base_name(config)
   accepted = _accepted_names()
   if name in _REFUSED:
     raise _fail("name", name, f"is refused: {_REFUSED[name]}; accepted: "
                 f"{', '.join(accepted)}")
   if name not in accepted:
     raise _fail("name", name, f"is not an optimizer; accepted: "
-                f"{', '.join(accepted)}")
+                f"{', '.join(accepted + list(WRAPPERS))}")
   lr = config.learning_rate
   if lr is None:
     if default_learning_rate(name) is None:
@@ -410,7 +467,7 @@ def make_schedule(config: ml_collections.ConfigDict,
     0.05
   """
   lr = config.learning_rate
-  lr = float(default_learning_rate(config.name) if lr is None else lr)
+  lr = float(default_learning_rate(base_name(config)) if lr is None else lr)
   w = int(config.warmup_steps)
   if config.schedule == "onecycle":
     pct = w / total_steps if w > 0 else 0.3  # torch OneCycleLR pct_start
@@ -610,7 +667,31 @@ def make_optimizer(config: ml_collections.ConfigDict,
   # Once, with the run length: the schedule checks need the number of updates.
   validate(config, updates_total)
 
-  name = config.name
+  factory = _update_rule(config)
+  chain = []
+  if config.l2 > 0:
+    chain.append(optax.add_decayed_weights(float(config.l2), mask=decay_mask))
+  if config.clip_value > 0:
+    chain.append(optax.clip(float(config.clip_value)))
+  if config.clip_global_norm > 0:
+    chain.append(optax.clip_by_global_norm(float(config.clip_global_norm)))
+  chain.append(_with_learning_rate(factory,
+                                   make_schedule(config, updates_total)))
+  tx = optax.chain(*chain)
+  if config.name == "sam":
+    # Opaque mode: the ascent step and the outer update happen inside one `update`,
+    # so the train step (and its BatchNorm statistics) runs once per SAM step.
+    ascent = optax.chain(optax.contrib.normalize(), optax.sgd(float(config.rho)))
+    tx = optax.contrib.sam(tx, ascent, sync_period=2, opaque_mode=True)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+  return tx
+
+
+def _update_rule(config: ml_collections.ConfigDict
+                 ) -> Callable[[jax.Array], optax.GradientTransformation]:
+  """``lr -> optax alias(lr) + decoupled weight decay`` for the (base) optimizer."""
+  name = base_name(config)
   alias = _alias_fn(name)
   params = _alias_params(name)
   kwargs = dict(_NAMED[name][1]) if name in _NAMED else {}
@@ -641,16 +722,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
                                                      mask=decay_mask))
     return tx
 
-  chain = []
-  if config.l2 > 0:
-    chain.append(optax.add_decayed_weights(float(config.l2), mask=decay_mask))
-  if config.clip_value > 0:
-    chain.append(optax.clip(float(config.clip_value)))
-  if config.clip_global_norm > 0:
-    chain.append(optax.clip_by_global_norm(float(config.clip_global_norm)))
-  chain.append(_with_learning_rate(factory,
-                                   make_schedule(config, updates_total)))
-  tx = optax.chain(*chain)
-  if k > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
-  return tx
+  return factory
+
+
+def needs_grad_fn(opt_state: optax.OptState) -> bool:
+  """Whether `update` of the optimizer owning ``opt_state`` needs ``grad_fn=`` (SAM).
+
+  ``grad_fn(params, i) -> gradient`` of the same batch's loss at other parameters.
+  """
+  is_sam = lambda x: isinstance(x, optax.contrib.SAMState)
+  return any(is_sam(x) for x in jax.tree.leaves(opt_state, is_leaf=is_sam))

@@ -33,7 +33,7 @@ import numpy as np
 from absl import flags, logging
 
 from cnnjax import config as config_lib
-from cnnjax import cpu_runtime, models
+from cnnjax import cpu_runtime, models, optimizers
 from cnnjax.data import catalog
 from cnnjax.data import pipeline
 from cnnjax.models import fast_ops
@@ -54,6 +54,9 @@ flags.DEFINE_integer("microbatches", 0, "Train-step micro-batches; 0 = the train
 flags.DEFINE_enum("fast_ops", "auto", list(fast_ops.IMPLEMENTATIONS),
                   "Convolution/pooling formulation (see cnnjax.models.fast_ops).")
 flags.DEFINE_bool("donate", True, "Donate the train state to the step (buffer reuse).")
+flags.DEFINE_string("optimizer", "adam", "optimizer.name of the timed step; 'sam' (with "
+                    "--sam_base) takes a second gradient per step, which the rate shows.")
+flags.DEFINE_string("sam_base", "adam", "optimizer.sam_base when --optimizer=sam.")
 
 # Each model on the images of its dataset: CIFAR for the CIFAR models, MNIST for the
 # MNIST ones, digits for bn_cnn (the default run's model).
@@ -152,22 +155,26 @@ def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
 # ----------------------------------------------------------------------------- one model
 
 
-def _run(name: str, input_shape, batch_size: int, implementation: str,
-         microbatches: int) -> build.Run:
+def _run(name: str, input_shape, batch_size: int, implementation: str, microbatches: int,
+         optimizer: str = "adam", sam_base: str = "adam") -> build.Run:
   """The run a training job of ``name`` would build (default config: Adam, cross-entropy)."""
   config = config_lib.get_config()
   config.model, config.batch_size, config.eval_batch_size = name, batch_size, batch_size
   config.augment.crop_padding, config.validation_fraction = 0, 0.0
+  config.optimizer.name, config.optimizer.sam_base = optimizer, sam_base
+  config_lib.validate(config)
   return build.build_run(config, data=_synthetic_dataset(input_shape, batch_size, 1),
                          implementation=implementation, microbatches=microbatches)
 
 
 def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_window: int,
                     requested_microbatches: int, compare_torch: bool, donate: bool,
-                    peak_gflops: float, implementation: str = "auto") -> dict[str, object]:
+                    peak_gflops: float, implementation: str = "auto",
+                    optimizer: str = "adam", sam_base: str = "adam") -> dict[str, object]:
   """Measures one model; returns the per-model JSON record."""
   input_shape = INPUT_SHAPES.get(name, (32, 32, 3))
-  run = _run(name, input_shape, batch_size, implementation, requested_microbatches)
+  run = _run(name, input_shape, batch_size, implementation, requested_microbatches,
+             optimizer, sam_base)
   state, model, microbatches, n_params = run.state, run.model, run.microbatches, run.num_params
   step = jax.jit(run.train_step(), donate_argnums=(0,) if donate else ())
   rng = np.random.default_rng(0)
@@ -213,10 +220,15 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
   if holder[0].batch_stats:
     variables["batch_stats"] = holder[0].batch_stats
   train_flops = 3.0 * _forward_flops(model, variables, input_shape)
+  # SAM's ascent step costs a second forward-backward pass per step.
+  gradients = 2 if optimizers.needs_grad_fn(state.opt_state) else 1
+  step_flops = gradients * train_flops  # the cnnjax step's; the PyTorch twin takes one
   jax_median = statistics.median(jax_rates)
   record: dict[str, object] = {
       "params": n_params,
       "input_shape": list(input_shape),
+      "optimizer": optimizer if optimizer != "sam" else f"sam({sam_base})",
+      "gradients_per_step": gradients,
       "microbatches": microbatches,
       "fast_ops": fast_ops.resolve(implementation),
       "steps_per_window": steps_per_window,
@@ -226,9 +238,9 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
       "eval_images_per_sec": statistics.median(eval_rates),
       "eval_spread": _summary(eval_rates),
       "pipeline_images_per_sec": _pipeline_rate(input_shape, batch_size),
-      "train_mflops_per_image": train_flops / 1e6,
-      "gflops_per_sec": jax_median * train_flops / 1e9,
-      "fraction_of_peak": jax_median * train_flops / 1e9 / peak_gflops,
+      "train_mflops_per_image": step_flops / 1e6,
+      "gflops_per_sec": jax_median * step_flops / 1e9,
+      "fraction_of_peak": jax_median * step_flops / 1e9 / peak_gflops,
       "torch_images_per_sec": None,
       "ratio": None,
   }
@@ -280,6 +292,12 @@ def main(argv: list[str]) -> None:
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
     cli.fail(f"--models has unknown model(s) {unknown}; expected some of {models.model_names()}")
+  section = config_lib.get_config().optimizer
+  section.name, section.sam_base = FLAGS.optimizer, FLAGS.sam_base
+  try:
+    optimizers.validate(section)
+  except ValueError as e:
+    cli.fail(f"--optimizer/--sam_base: {e}")
   peak = _matmul_peak_gflops()
   peak_gflops = max(peak.values())
   result: dict[str, object] = {
@@ -299,11 +317,13 @@ def main(argv: list[str]) -> None:
         name, batch_size=FLAGS.batch_size, windows=FLAGS.windows,
         steps_per_window=FLAGS.steps_per_window,
         requested_microbatches=FLAGS.microbatches, implementation=FLAGS.fast_ops,
-        compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops)
+        compare_torch=FLAGS.compare_torch, donate=FLAGS.donate, peak_gflops=peak_gflops,
+        optimizer=FLAGS.optimizer, sam_base=FLAGS.sam_base)
     result["models"][name] = record
     torch_part = (f", torch {record['torch_images_per_sec']:.0f} img/s, ratio {record['ratio']:.2f}"
                   if record["ratio"] is not None else "")
-    print(f"{name}: cnnjax {record['cnnjax_images_per_sec']:.0f} img/s "
+    print(f"{name} ({record['optimizer']}, {record['gradients_per_step']} gradient(s) per step): "
+          f"cnnjax {record['cnnjax_images_per_sec']:.0f} img/s "
           f"[{record['cnnjax_spread']['min']:.0f}-{record['cnnjax_spread']['max']:.0f}]"
           f"{torch_part}; compile {record['compile_seconds']:.1f} s; "
           f"eval {record['eval_images_per_sec']:.0f} img/s; "

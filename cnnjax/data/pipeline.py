@@ -39,6 +39,9 @@ from cnnjax.data.permutation import keyed_permutation
 # The validation set is carved with this constant key, not config.seed, so that
 # every seed of an experiment is validated on the same examples.
 VALIDATION_KEY = 0x5EED_0F_7A11D
+# The fixed training subset (``train_subset``) is drawn with this constant key, for the
+# same reason: every seed trains on the same examples.
+SUBSET_KEY = 0x5EED_0F_5B5E7
 
 _SPLITS = ("train", "validation", "test")
 def to_float(images: np.ndarray) -> np.ndarray:
@@ -86,11 +89,14 @@ class Dataset:
     seed: decides the training order (with the epoch number).
     validation_fraction: share of ``train`` held out as the validation split,
       in ``[0, 1)``; 0 means no validation split.
+    train_subset: > 0 keeps only this many of the remaining training examples, a fixed
+      keyed choice (the same for every seed) in their original order; 0 keeps all.
   """
 
   def __init__(self, info: catalog.DatasetInfo, train: Split | tuple[np.ndarray, np.ndarray],
                test: Split | tuple[np.ndarray, np.ndarray], *, batch_size: int,
-               eval_batch_size: int, seed: int = 0, validation_fraction: float = 0.0):
+               eval_batch_size: int, seed: int = 0, validation_fraction: float = 0.0,
+               train_subset: int = 0):
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
     if batch_size < 1:
@@ -109,10 +115,11 @@ class Dataset:
     held_out = keyed_permutation(n, VALIDATION_KEY)[:n_val]
     is_val = np.zeros(n, bool)
     is_val[held_out] = True
-    # Boolean masks keep the original order inside each split.
+    # Boolean masks (and sorted subsets) keep the original order inside each split.
+    train_rows = _subset_rows(np.flatnonzero(~is_val), train_subset, info.name)
     self._splits: dict[str, Split] = {
-        "train": _take(train, ~is_val), "validation": _take(train, is_val), "test": test}
-    self._rows = {"train": np.flatnonzero(~is_val), "validation": np.flatnonzero(is_val)}
+        "train": _take(train, train_rows), "validation": _take(train, is_val), "test": test}
+    self._rows = {"train": train_rows, "validation": np.flatnonzero(is_val)}
     self.corruption: dict[str, Any] | None = None  # set by `load` (cnnjax.data.corruption)
     self.train_weights: Any = None  # epoch -> per-example weights [n_train], or None
     for split, fields in self._splits.items():
@@ -271,6 +278,19 @@ class Dataset:
       yield batch
 
 
+def _subset_rows(rows: np.ndarray, size: int, name: str) -> np.ndarray:
+  """``size`` of the training ``rows`` chosen with `SUBSET_KEY`, in their original order."""
+  n = len(rows)
+  if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+    raise ValueError(f"train_subset={size!r} must be an integer >= 0 (0 = all)")
+  if size == 0:
+    return rows
+  if size > n:
+    raise ValueError(f"train_subset={size} exceeds the {n} training examples of {name} "
+                     "(after the validation split)")
+  return rows[np.sort(keyed_permutation(n, SUBSET_KEY)[:size])]
+
+
 def _pixels(images: np.ndarray, dtype: Any) -> np.ndarray:
   if np.dtype(dtype) == np.uint8:
     return images
@@ -314,7 +334,8 @@ def load(config: Any) -> Dataset:
   """Reads the dataset a config names and returns its `Dataset`.
 
   Uses ``config.dataset``, ``data_dir`` (see `sources.resolve_data_dir`),
-  ``validation_fraction``, ``seed``, ``batch_size`` and ``eval_batch_size``.
+  ``validation_fraction``, ``train_subset``, ``seed``, ``batch_size`` and
+  ``eval_batch_size``.
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared (nothing is downloaded).
@@ -347,7 +368,7 @@ def load(config: Any) -> Dataset:
                                      class_imbalance=imbalance)
   data = Dataset(info, train, test, batch_size=config.batch_size,
                  eval_batch_size=config.eval_batch_size, seed=_cfg(config, "seed"),
-                 validation_fraction=fraction)
+                 validation_fraction=fraction, train_subset=_cfg(config, "train_subset"))
   data.corruption = record
   return data
 

@@ -45,6 +45,7 @@ from cnnjax.losses.robust import (
     reverse_cross_entropy, symmetric_cross_entropy)
 from cnnjax.losses.segmentation import dice, dice_cross_entropy, tversky
 from cnnjax.losses.sequence import sequence_cross_entropy
+from cnnjax.losses.square import square_loss
 
 LossFn = Callable[..., jax.Array]
 ClassificationLoss = Callable[[jax.Array, jax.Array], jax.Array]
@@ -80,6 +81,8 @@ _LOSSES: dict[str, LossFn] = {
         supervised_contrastive,
         gan_hinge_discriminator, gan_hinge_generator, lsgan_discriminator, lsgan_generator,
         r1_penalty,
+        # Raw-output square loss (curvature studies).
+        square_loss,
     )
 }
 
@@ -148,6 +151,7 @@ ALIASES: dict[str, str] = {
     "lsgan_d": "lsgan_discriminator",
     "lsgan_g": "lsgan_generator",
     "r1": "r1_penalty",
+    "square": "square_loss",
 }
 
 
@@ -277,6 +281,7 @@ _ADAPTERS: dict[str, str] = {
     "ldam": "labels",
     "focal_sample_dependent": "labels",
     "brier": "labels",
+    "square_loss": "onehot",
 }
 
 # Options that are per-class statistics of the training split: `cnnjax.tasks.Classification`
@@ -352,7 +357,7 @@ def for_classification(name: str, *, num_classes: int,
   * ``sparse_categorical_cross_entropy``, ``multi_margin``: integer labels as-is.
   * ``categorical_cross_entropy``, ``focal``, ``poly1_cross_entropy``,
     ``kl_divergence``: one-hot targets, logits in. ``categorical_hinge``: one-hot,
-    on the raw logits (scores).
+    on the raw logits (scores). ``square_loss``: one-hot, on the raw logits.
   * regression losses (``mean_squared_error``, ``mean_absolute_error``, ``huber``,
     ``smooth_l1``, ``log_cosh``, ``mean_squared_log_error``, ``poisson``,
     ``cosine_similarity``): ``softmax(logits)`` against one-hot, the classic

@@ -267,7 +267,8 @@ def expand(study: ml_collections.ConfigDict) -> list[Variant]:
     config, overrides = _variant_config(base, spec, {**cond_over, **method_over}, opt, lr, seed)
     effective_lr = config.optimizer.learning_rate
     if effective_lr is None:
-      effective_lr = optimizers_lib.default_learning_rate(opt)
+      effective_lr = optimizers_lib.default_learning_rate(
+          optimizers_lib.base_name(config.optimizer))
     loss_label = _loss_label(*parse_loss_spec(spec)) if show_loss else ""
     what = " + ".join(x for x in (loss_label, method) if x)
     setting = (f"{cond} / " if cond else "") + opt + (

@@ -102,7 +102,9 @@ def total_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
 def configured_learning_rate(optimizer_config: ml_collections.ConfigDict) -> float:
   """The rate a run trains at: the configured one, else the optimizer's default."""
   lr = optimizer_config.learning_rate
-  return float(optimizers.default_learning_rate(optimizer_config.name) if lr is None else lr)
+  if lr is None:
+    lr = optimizers.default_learning_rate(optimizers.base_name(optimizer_config))
+  return float(lr)
 
 
 def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,

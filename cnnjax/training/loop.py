@@ -22,6 +22,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from cnnjax import config as config_lib
 from cnnjax import parallel as parallel_lib
@@ -98,6 +99,7 @@ class _Trainer:
     try:
       self._restore()
       self._compile()
+      self._build_diagnostics()
       self.stop.check_startup()
       self._open_outputs(resolved)
     except BaseException:
@@ -145,7 +147,7 @@ class _Trainer:
     self.step, state, self.restored = 0, self.run.state, False
     self._load_meta({"format": META_FORMAT, "history": [], "epoch_sums": {}, "best_value": None,
                      "best_epoch": None, "events": [], "train_seconds": 0.0, "lr_scale": 1.0,
-                     "policy": {}})
+                     "policy": {}, "diagnostics": [], "diagnostics_seconds": 0.0})
     # Nothing is created in the workdir before compilation has succeeded: a run stopped
     # during start-up leaves no trace.
     if os.path.isdir(os.path.join(self.workdir, "checkpoints")):
@@ -225,6 +227,7 @@ class _Trainer:
       # kept in the checkpoint metadata so a resumed run reports the same.
       self.meta["start"] = self.task.scalars(self._evaluate("test"))
     try:
+      self._diagnose()
       while self.step < self.run.total_steps:
         try:
           self._epoch()
@@ -263,6 +266,7 @@ class _Trainer:
       self.state, metrics = self.train_fn(self.state, self.par.put_batch(batch), run.train_rng)
       self.step += 1
       self.pending.append(metrics)
+      t_epoch += self._diagnose()  # diagnostics are timed apart from training
       epoch_end = self.step >= run.total_steps or self.step % run.steps_per_epoch == 0
       self._after_step(epoch_end, t_epoch)
       if epoch_end:
@@ -394,6 +398,44 @@ class _Trainer:
       self.last_validation = self.task.scalars(self._evaluate("validation"))
     return self._evaluate("test", self.last_validation)
 
+  # -- diagnostics (config.diagnostics) --------------------------------------
+
+  def _build_diagnostics(self) -> None:
+    """Builds and compiles `cnnjax.training.diagnostics.Diagnostics` when enabled."""
+    self.diagnostics, self.diagnostics_compile_seconds = None, 0.0
+    settings = self.config.diagnostics
+    if not settings.enabled:
+      return
+    from cnnjax.training import diagnostics  # pylint: disable=g-import-not-at-top
+    if self.pcount > 1:
+      raise RunError(f"diagnostics run in one process; this run has {self.pcount} (set "
+                     "diagnostics.enabled=False)")
+    t0 = time.perf_counter()
+    ghost = (self.par.num_devices if self.par.mode == "pmap" and self.par.bn_sync == "per_device"
+             else None)
+    self.diagnostics = diagnostics.Diagnostics(self.run, settings, bn_ghost_batches=ghost)
+    self.diagnostics.compile(self.par.get_state(self.state))
+    self.diagnostics_compile_seconds = time.perf_counter() - t0
+
+  def _diagnose(self) -> float:
+    """Diagnostics of the current state when due (step 0, every ``every_steps``, the last
+    step); returns the seconds they took (0 when not due)."""
+    records = self.meta.setdefault("diagnostics", [])
+    d, step = self.diagnostics, self.step
+    due = step % self.config.diagnostics.every_steps == 0 or step >= self.run.total_steps
+    if d is None or not due or (records and records[-1]["step"] == step):
+      return 0.0
+    jax.block_until_ready(self.state)  # the steps already dispatched are training's time
+    t0 = time.perf_counter()
+    values = d(self.par.get_state(self.state))
+    seconds = time.perf_counter() - t0
+    self.meta["diagnostics_seconds"] = self.meta.get("diagnostics_seconds", 0.0) + seconds
+    record = {"step": step, "epoch": math.ceil(step / self.run.steps_per_epoch),
+              "split": "diagnostics", **values, "seconds": seconds}
+    records.append(record)
+    self.writer.write(record)
+    return seconds
+
   # -- non-finite steps -------------------------------------------------------
 
   def _nonfinite(self, e: NonFiniteStep) -> None:
@@ -440,7 +482,7 @@ class _Trainer:
   # -- the end ----------------------------------------------------------------
 
   def _finish(self, status: str) -> dict[str, Any]:
-    from cnnjax.reporting import plots  # pylint: disable=g-import-not-at-top
+    from cnnjax.reporting import curvature_plots, plots  # pylint: disable=g-import-not-at-top
     summary = _summary(self, status)
     test = None
     if status == "completed":
@@ -457,6 +499,11 @@ class _Trainer:
       self.writer.write({"step": self.step, "epoch": self.run.num_epochs, "split": "test",
                          **self.task.scalars(test)})
       self.task.report(plot_dir, test, title)
+    if self.meta.get("diagnostics"):
+      curvature_plots.plot_diagnostics(
+          self.meta["diagnostics"], os.path.join(plot_dir, "diagnostics.png"),
+          f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
+          history=self.meta["history"])
     if self.meta["history"]:
       plots.plot_learning_curves(self.meta["history"], os.path.join(plot_dir, "learning_curves.png"),
                                  f"{c.model} / {c.loss.name} / {c.optimizer.name} on {c.dataset}",
@@ -497,7 +544,32 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       "skipped_steps": sum(1 for e in t.meta["events"]
                            if e.get("event") == "nonfinite" and e.get("policy") == "skip"),
       **({"diverged_step": t.diverged_step} if t.diverged_step is not None else {}),
+      **_diagnostics_summary(t),
   }
+
+
+def _diagnostics_summary(t: _Trainer) -> dict[str, Any]:
+  """The diagnostics' cost (apart from train_seconds) and their last values, when enabled."""
+  if t.diagnostics is None:
+    return {}
+  records = t.meta.get("diagnostics", [])
+  last = records[-1] if records else {}
+  # Where the sharpness sat in the second half of training, against its threshold (2/lr for
+  # gradient descent): about 1 at the edge of stability.
+  late = [r for r in records if r["step"] >= t.run.total_steps / 2
+          and isinstance(r.get("sharpness"), float) and r.get("sharpness_threshold")]
+  plateau = {}
+  if late:
+    plateau = {"sharpness_late_median": float(np.median([r["sharpness"] for r in late])),
+               "sharpness_late_ratio": float(np.median([r["sharpness"] / r["sharpness_threshold"]
+                                                        for r in late]))}
+  return {"diagnostics_seconds": t.meta.get("diagnostics_seconds", 0.0),
+          "diagnostics_compile_seconds": t.diagnostics_compile_seconds,
+          "diagnostics_evaluations": len(records),
+          "diagnostics_examples": t.diagnostics.num_examples,
+          "diagnostics_batch_stats_mode": t.config.diagnostics.batch_stats_mode,
+          **{f"final_{k}": v for k, v in last.items()
+             if k not in ("step", "epoch", "split", "seconds", "learning_rate")}, **plateau}
 
 
 def _data_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -520,6 +592,9 @@ def results_table(summary: dict[str, Any]) -> str:
       ["parameters", summary["num_params"]],
       ["compile seconds", summary["compile_seconds"]],
       ["train seconds", summary["train_seconds"]],
+      *([["diagnostics seconds", summary["diagnostics_seconds"]],
+         ["final sharpness", summary.get("final_sharpness")]]
+        if "diagnostics_seconds" in summary else []),
       ["examples / second", summary.get("examples_per_sec")],
       ["status", summary["status"]],
   ]

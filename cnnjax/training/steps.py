@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax import lax
 
 from cnnjax import optimizers
@@ -187,11 +188,39 @@ def train_step(
     # Under bn_sync="per_device" each device keeps its own statistics in the
     # step; the copies are averaged so the replicated state stays identical.
     new_stats = lax.pmean(new_stats, axis_name)
-  return _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite)
+  grad_fn = None
+  if optimizers.needs_grad_fn(state.opt_state):
+    grad_fn = _gradient_at(state, batch, dropout_rng, task, loss_fn, microbatches, axis_name)
+  return _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite, grad_fn)
 
 
-def _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite: bool):
-  new_state = state.apply_gradients(grads=grads, batch_stats=new_stats)
+def _gradient_at(state, batch, dropout_rng, task, loss_fn, microbatches: int, axis_name):
+  """``grad_fn(params, i)``: the gradient of this step's batch loss at other parameters (SAM).
+
+  Same batch, dropout mask and BatchNorm mode as the step's own gradient; the BatchNorm
+  statistics of that second forward pass are discarded, so a SAM step updates them
+  once, from the pass at the current parameters.
+  """
+  def grad_fn(params, _):
+    at = state.replace(params=params)
+    if microbatches == 1:
+      grads = _forward_backward(at, state.batch_stats, batch, dropout_rng, task, loss_fn)[2]
+    else:
+      grads = _accumulated(at, batch, dropout_rng, task, loss_fn, microbatches)[2]
+    return grads if axis_name is None else lax.pmean(grads, axis_name)
+  return grad_fn
+
+
+def _apply_gradients(state: TrainState, grads, new_stats, grad_fn) -> TrainState:
+  if grad_fn is None:
+    return state.apply_gradients(grads=grads, batch_stats=new_stats)
+  updates, opt_state = state.tx.update(grads, state.opt_state, state.params, grad_fn=grad_fn)
+  return state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                       opt_state=opt_state, batch_stats=new_stats)
+
+
+def _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite: bool, grad_fn=None):
+  new_state = _apply_gradients(state, grads, new_stats, grad_fn)
   if state.ema_params is not None:
     d = state.ema_decay
     new_state = new_state.replace(ema_params=jax.tree.map(
