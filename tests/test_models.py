@@ -92,6 +92,43 @@ def count_resnet18(h, w, c):
   return total + dense(512, 10)
 
 
+def conv_bn(cin, cout):
+  return conv(3, cin, cout, False) + bn(cout)
+
+
+def count_unet(widths):
+  def count(h, w, c):
+    total, cin = 0, c
+    for width in widths:                      # encoder levels and the bottom: two units each
+      total += conv_bn(cin, width) + conv_bn(width, width)
+      cin = width
+    for level in range(len(widths) - 2, -1, -1):  # decoder: concat(skip, upsampled), two units
+      total += conv_bn(widths[level] + cin, widths[level]) + conv_bn(widths[level], widths[level])
+      cin = widths[level]
+    return total + conv(1, widths[0], 10)     # 1x1 head, with bias
+  return count
+
+
+def count_fcn(h, w, c):
+  backbone = (conv_bn(c, 16) + conv_bn(16, 16) + conv_bn(16, 32) + conv_bn(32, 32)
+              + conv_bn(32, 64) + conv_bn(64, 64))
+  # A 1x1 score conv on each stage's output (16, 32, 64 channels) and after the last pool.
+  return backbone + conv(1, 16, 10) + conv(1, 32, 10) + 2 * conv(1, 64, 10)
+
+
+def count_loc_cnn(h, w, c):
+  """bn_cnn with one conv per stage (16, 32, 64) and two hidden-128 heads: 4 box outputs, 6."""
+  convs = conv_bn(c, 16) + conv_bn(16, 32) + conv_bn(32, 64)
+  flat = (h // 8) * (w // 8) * 64
+  return convs + dense(flat, 128) + dense(128, 4) + dense(flat, 128) + dense(128, 6)
+
+
+def count_seq_reader(h, w, c):
+  """Convs 32, 64, 128 (2x2 pools after the first two), max over the height, dense 256."""
+  convs = conv_bn(c, 32) + conv_bn(32, 64) + conv_bn(64, 128)
+  return convs + dense((w // 4) * 128, 256) + dense(256, 10)
+
+
 COUNTS = {
     "simple_cnn": count_simple_cnn,
     "keras_cifar_cnn": count_keras_cifar_cnn,
@@ -102,15 +139,27 @@ COUNTS = {
     "vgg_small": count_vgg_small,
     "resnet20": count_resnet20,
     "resnet18": count_resnet18,
+    "unet_small": count_unet((16, 32, 64)),
+    "tiny_unet": count_unet((4, 8)),
+    "fcn": count_fcn,
+    "loc_cnn": count_loc_cnn,
+    "seq_reader": count_seq_reader,
 }
 
 # Smallest accepted side, derived in each model's docstring; None = any size.
 MIN_SIDE = {"simple_cnn": 4, "keras_cifar_cnn": 18, "mnist_cnn": None, "lenet5": 12,
-            "bn_cnn": 4, "tiny_cnn": 4, "vgg_small": 8, "resnet20": None, "resnet18": None}
+            "bn_cnn": 4, "tiny_cnn": 4, "vgg_small": 8, "resnet20": None, "resnet18": None,
+            "loc_cnn": 8, "seq_reader": None, "unet_small": None, "tiny_unet": None, "fcn": None}
+# Models whose sides must divide by this (2x pools with 2x upsampling, or no padding).
+DIVISOR = {"unet_small": 4, "tiny_unet": 2, "fcn": 8, "seq_reader": 4}
+# Models with an output per pixel, and models only trained on one shape below.
+PER_PIXEL = ("fcn", "tiny_unet", "unet_small")
+ONE_SHAPE = ("fcn", "loc_cnn", "seq_reader", "tiny_cnn", "tiny_unet", "unet_small")
 
 
 def supported(name, shape):
-  return MIN_SIDE[name] is None or shape[0] >= MIN_SIDE[name]
+  return ((MIN_SIDE[name] is None or shape[0] >= MIN_SIDE[name])
+          and shape[0] % DIVISOR.get(name, 1) == 0)
 
 
 def abstract_init(model, shape, batch=2):
@@ -142,7 +191,9 @@ def test_parameter_counts(name):
   for shape in SHAPES:
     model = models.get_model(name, num_classes=10)
     if not supported(name, shape):
-      with pytest.raises(ValueError, match=f"at least {MIN_SIDE[name]}x{MIN_SIDE[name]}"):
+      match = (f"divisible by {DIVISOR[name]}" if name in DIVISOR
+               else f"at least {MIN_SIDE[name]}x{MIN_SIDE[name]}")
+      with pytest.raises(ValueError, match=match):
         abstract_init(model, shape)
       continue
     assert n_params(abstract_init(model, shape)["params"]) == COUNTS[name](*shape), shape
@@ -202,7 +253,7 @@ def _train_losses(name, shape, steps, lr, batch=4):
   model = models.get_model(name, num_classes=10)
   kx, ky = jax.random.split(jax.random.key(1))
   x = jax.random.uniform(kx, (batch, *shape))
-  y = jax.random.randint(ky, (batch,), 0, 10)
+  y = jax.random.randint(ky, (batch, *shape[:2]) if name in PER_PIXEL else (batch,), 0, 10)
   variables = real_init(name, shape)
   params, stats = variables["params"], variables.get("batch_stats", {})
   dropout_key = jax.random.key(2)  # fixed mask: the loss is a function of params only
@@ -213,7 +264,7 @@ def _train_losses(name, shape, steps, lr, batch=4):
       logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True,
                                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
       logp = jax.nn.log_softmax(logits)
-      return -jnp.take_along_axis(logp, y[:, None], axis=1).mean(), new
+      return -jnp.take_along_axis(logp, y[..., None], axis=-1).mean(), new
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     return params, new.get("batch_stats", {}), loss
@@ -232,8 +283,9 @@ _HEAVY = ("resnet18", "resnet20", "vgg_small")
 TRAIN_CASES = [
     pytest.param(name, shape, marks=[pytest.mark.slow] if name in _HEAVY and shape[0] > 8 else [])
     for name in sorted(models.MODELS) for shape in SHAPES
-    if supported(name, shape) and name not in ("resnet18", "tiny_cnn")
-] + [pytest.param("resnet18", (32, 32, 3), marks=[pytest.mark.slow]), ("tiny_cnn", (8, 8, 1))]
+    if supported(name, shape) and name not in ("resnet18", *ONE_SHAPE)
+] + [pytest.param("resnet18", (32, 32, 3), marks=[pytest.mark.slow])] + [
+    (name, (8, 8, 1)) for name in ONE_SHAPE]
 
 
 @pytest.mark.parametrize("name,shape", TRAIN_CASES)

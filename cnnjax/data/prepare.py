@@ -60,9 +60,8 @@ def prepare(name: str, data_dir: str = "", from_dir: str | None = None, *,
   """
   catalog.dataset_info(name)
   data_dir = sources.resolve_data_dir(data_dir)
-  if name == "digits":
-    sources.ensure_digits(data_dir)
-    return os.fspath(builders.Digits(data_dir=data_dir).data_dir)
+  if name in sources.EMBEDDED:
+    return os.fspath(sources.ensure_embedded(name, data_dir).data_dir)
   if from_dir is None:
     from_dir = download_raw(name, os.path.join(data_dir, "downloads", "cnnjax", name))
   from_dir = os.path.abspath(os.path.expanduser(from_dir))

@@ -1,7 +1,7 @@
 """Finding prepared datasets on disk and reading them through `tfds.data_source`.
 
 Nothing here downloads. The embedded datasets (`EMBEDDED`: digits, built from
-scikit-learn's copy) are prepared on first use; every other dataset must already be
+scikit-learn's copy, and the digit scenes composed from it) are prepared on first use; every other dataset must already be
 prepared as array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
 `DatasetNotFoundError` is raised at once.
 """
@@ -64,7 +64,8 @@ def quiet_preparation():
 
 
 # Datasets whose data ships with an installed package: prepared on first use, offline.
-EMBEDDED = {"digits": builders.Digits}
+EMBEDDED = {"digits": builders.Digits, "digit_scenes": builders.DigitScenes,
+            "digit_scenes_single": builders.DigitScenesSingle}
 
 
 def ensure_embedded(name: str, data_dir: str):

@@ -11,11 +11,17 @@ See `cnnjax.tasks.base.Task` for the interface the trainer calls.
 
 from __future__ import annotations
 
-from cnnjax.tasks.base import Task, TaskLoss, masked_sum
+from cnnjax.tasks.base import Task, TaskLoss, confusion_matrix, masked_sum
 from cnnjax.tasks.classification import Classification
+from cnnjax.tasks.localization import Localization
+from cnnjax.tasks.segmentation import Segmentation
+from cnnjax.tasks.sequence import SequenceReading
 
 TASKS: dict[str, type[Task]] = {
     Classification.name: Classification,
+    Segmentation.name: Segmentation,
+    Localization.name: Localization,
+    SequenceReading.name: SequenceReading,
 }
 
 
@@ -35,4 +41,5 @@ def get_task(name: str, info) -> Task:
   return TASKS[name](info)
 
 
-__all__ = ["Classification", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]
+__all__ = ["Classification", "Localization", "Segmentation", "SequenceReading", "TASKS", "Task",
+           "TaskLoss", "confusion_matrix", "get_task", "masked_sum", "names"]

@@ -6,7 +6,12 @@ study call these and never look at a label themselves.
 
 * **Batch**: `batch_fields` names what a training batch holds besides ``image``;
   evaluation batches also hold ``mask`` (1 = a real example, 0 = padding).
-* **Head**: `output_size` is the width of the model's last layer.
+* **Head**: `output_size` is the width of the model's last layer; `model_output` says
+  whether the task reads one vector per image (``"vector"``) or one per pixel
+  (``"per_pixel"``): `cnnjax.config.validate` refuses a model of the other kind.
+* **Augmentation**: `image_only_augmentation` says whether the image-only
+  augmentations of `cnnjax.data.augment` are sound for the task (they are not when
+  masks or boxes would have to move with the image).
 * **Loss**: `make_loss(loss_config)` returns ``loss_fn(outputs, batch) -> [B]``, one
   value per example; the train step takes the plain mean.
 * **Training metrics**: `train_metrics(outputs, batch)` gives batch means (scalars)
@@ -19,8 +24,9 @@ study call these and never look at a label themselves.
 * **Headline**: `headline` (a key of `finalize`'s scalars) and `headline_goal`
   (``"max"`` or ``"min"``) pick the "best" checkpoint, what progress shows and how
   studies rank.
-* **Report**: `report(directory, final, title)` writes the task's own plots;
-  `summary_rows(summary)` adds lines to the results table.
+* **Report**: `report(directory, final, title, examples)` writes the task's own plots;
+  ``examples`` holds the first `report_examples` test examples (every field) and the
+  model's ``outputs`` for them. `summary_rows(summary)` adds lines to the results table.
 """
 
 from __future__ import annotations
@@ -50,6 +56,9 @@ class Task:
   headline: ClassVar[str] = ""
   headline_goal: ClassVar[str] = "max"
   headline_percent: ClassVar[bool] = True  # a fraction reports show in percent
+  model_output: ClassVar[str] = "vector"  # "vector" [B, output_size] or "per_pixel"
+  image_only_augmentation: ClassVar[bool] = True  # image-only augmentation is sound
+  report_examples: ClassVar[int] = 0  # test examples (with outputs) `report` receives
 
   def __init__(self, info):
     self.info = info
@@ -105,15 +114,36 @@ class Task:
 
   # -- report -----------------------------------------------------------------
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
-    """Writes the task's plots of a test evaluation into ``directory``; returns file names."""
-    del directory, final, title
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """Writes the task's plots of a test evaluation into ``directory``; returns file names.
+
+    ``examples``: the first `report_examples` test examples (every field, ``image``
+    in [0, 1]) with the model's ``outputs`` for them; None when not asked for.
+    """
+    del directory, final, title, examples
     return []
 
   def summary_rows(self, summary: Mapping[str, Any]) -> Sequence[tuple[str, Any]]:
     """Extra (name, value) rows for the results table of a finished run."""
     del summary
     return ()
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, weights: jax.Array,
+                     num_classes: int) -> jax.Array:
+  """``[C, C]`` sum of ``weights`` per (true label, prediction) pair (rows: true label).
+
+  ``labels``, ``predictions`` and ``weights`` share their shape (any); a label outside
+  ``[0, C)`` matches no row, so it counts nowhere.
+
+  Examples:
+    >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), jnp.ones(3), 2)
+    Array([[1., 0.],
+           [1., 1.]], dtype=float32)
+  """
+  true = jax.nn.one_hot(labels.reshape(-1), num_classes) * weights.reshape(-1, 1)
+  return jnp.einsum("ni,nj->ij", true, jax.nn.one_hot(predictions.reshape(-1), num_classes))
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -13,7 +13,7 @@ import numpy as np
 
 from cnnjax import config as config_lib
 from cnnjax import losses as losses_lib
-from cnnjax.tasks.base import Batch, Task, TaskLoss
+from cnnjax.tasks.base import Batch, Task, TaskLoss, confusion_matrix
 
 
 class Classification(Task):
@@ -65,9 +65,7 @@ class Classification(Task):
   def eval_sums(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     labels, mask = batch["label"], batch["mask"]
     predictions = jnp.argmax(outputs, -1)
-    c = self.info.num_classes
-    confusion = jnp.einsum("b,bi,bj->ij", mask, jax.nn.one_hot(labels, c),
-                           jax.nn.one_hot(predictions, c))
+    confusion = confusion_matrix(labels, predictions, mask, self.info.num_classes)
     return {"correct": jnp.sum(mask * (predictions == labels)), "confusion": confusion}
 
   def finalize(self, sums: Mapping[str, Any]) -> dict[str, Any]:
@@ -77,7 +75,9 @@ class Classification(Task):
     final["confusion"] = np.asarray(sums["confusion"])
     return final
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    del examples
     from cnnjax.reporting import plots  # pylint: disable=g-import-not-at-top
     plots.plot_confusion_matrix(final["confusion"], os.path.join(directory, "confusion_matrix.png"),
                                 f"{title} test: accuracy {final['accuracy']:.4f}")
