@@ -117,16 +117,18 @@ def count_fcn(h, w, c):
 
 
 def count_loc_cnn(h, w, c):
-  """bn_cnn with one conv per stage (16, 32, 64) and two hidden-128 heads: 4 box outputs, 6."""
+  """Convs 16, 32, 64; a box head on the flattened map (hidden 128, 4 outputs) and a class
+  head on its maximum over positions (64 features, hidden 128, the other 6 outputs)."""
   convs = conv_bn(c, 16) + conv_bn(16, 32) + conv_bn(32, 64)
   flat = (h // 8) * (w // 8) * 64
-  return convs + dense(flat, 128) + dense(128, 4) + dense(flat, 128) + dense(128, 6)
+  return convs + dense(flat, 128) + dense(128, 4) + dense(64, 128) + dense(128, 6)
 
 
 def count_seq_reader(h, w, c):
-  """Convs 32, 64, 128 (2x2 pools after the first two), max over the height, dense 256."""
-  convs = conv_bn(c, 32) + conv_bn(32, 64) + conv_bn(64, 128)
-  return convs + dense((w // 4) * 128, 256) + dense(256, 10)
+  """Convs 32, 64, 128, a conv across columns, the start unit, a head shared by the 3
+  positions reading 4 columns of 128 features and the mass, 11 symbols (33 outputs)."""
+  convs = conv_bn(c, 32) + conv_bn(32, 64) + conv_bn(64, 128) + conv_bn(128, 128)
+  return convs + dense(128, 1) + dense(4 * 128 + 1, 128) + dense(128, 11)
 
 
 COUNTS = {
@@ -152,6 +154,8 @@ MIN_SIDE = {"simple_cnn": 4, "keras_cifar_cnn": 18, "mnist_cnn": None, "lenet5":
             "loc_cnn": 8, "seq_reader": None, "unet_small": None, "tiny_unet": None, "fcn": None}
 # Models whose sides must divide by this (2x pools with 2x upsampling, or no padding).
 DIVISOR = {"unet_small": 4, "tiny_unet": 2, "fcn": 8, "seq_reader": 4}
+# Output width where 10 does not fit (seq_reader: 3 positions x 11 symbols).
+OUTPUTS = {"seq_reader": 33}
 # Models with an output per pixel, and models only trained on one shape below.
 PER_PIXEL = ("fcn", "tiny_unet", "unet_small")
 ONE_SHAPE = ("fcn", "loc_cnn", "seq_reader", "tiny_cnn", "tiny_unet", "unet_small")
@@ -173,7 +177,7 @@ def real_init(name, shape):
 
   Cached and jitted: one compiled program per model and shape, shared by tests.
   """
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   return jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(
       jnp.zeros((1, *shape)))
 
@@ -189,7 +193,7 @@ def test_every_model_has_a_reference_count():
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_parameter_counts(name):
   for shape in SHAPES:
-    model = models.get_model(name, num_classes=10)
+    model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
     if not supported(name, shape):
       match = (f"divisible by {DIVISOR[name]}" if name in DIVISOR
                else f"at least {MIN_SIDE[name]}x{MIN_SIDE[name]}")
@@ -250,7 +254,7 @@ def test_get_model_errors_and_bn_options():
 # --- Training. ------------------------------------------------------------------
 def _train_losses(name, shape, steps, lr, batch=4):
   """Plain SGD on one fixed batch; returns the loss before each step."""
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   kx, ky = jax.random.split(jax.random.key(1))
   x = jax.random.uniform(kx, (batch, *shape))
   y = jax.random.randint(ky, (batch, *shape[:2]) if name in PER_PIXEL else (batch,), 0, 10)
@@ -341,8 +345,8 @@ def test_mnist_cnn_default_dropout_is_half():
 def test_bfloat16_compute(name):
   shape = next(shape for shape in SHAPES if supported(name, shape))  # shared with training
   x = jax.random.uniform(jax.random.key(0), (2, *shape))
-  m32 = models.get_model(name, num_classes=10)
-  m16 = models.get_model(name, num_classes=10, dtype=jnp.bfloat16)
+  m32 = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
+  m16 = models.get_model(name, num_classes=OUTPUTS.get(name, 10), dtype=jnp.bfloat16)
   variables = real_init(name, shape)
   # bfloat16 compute does not change what init creates: float32 everywhere.
   abstract16 = jax.eval_shape(lambda: m16.init(jax.random.key(1), x, train=False))
@@ -461,7 +465,7 @@ def test_convs_and_pools_only_through_fast_ops(name, monkeypatch):
   monkeypatch.setattr(fast_ops, "conv2d", conv_spy)
   monkeypatch.setattr(fast_ops, "max_pool", pool_spy)
   monkeypatch.setattr(fast_ops, "avg_pool", pool_spy)  # same shapes; numerics irrelevant here
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   x = jnp.zeros((2, 32, 32, 3))
   variables = abstract_init(model, (32, 32, 3))
   calls.update(conv=0, pool=0)

@@ -216,9 +216,10 @@ def loss_config(name, **options):
 def test_localization_loss_is_box_loss_in_pixels_plus_weighted_ce():
   task = tasks.get_task("localization", catalog.dataset_info("digit_scenes_single"))
   outputs = np.zeros((2, 14), np.float32)
-  # Example 0: centre (16, 24), size (16, 24) = the box (8, 12, 24, 36) on the 32x48 canvas.
-  # Example 1: centre (16, 24), size -1/2 of the canvas: an empty box at the centre point.
-  outputs[1, 2:4] = -0.5
+  # Box outputs are centre and size fractions through a sigmoid. Example 0: centre (16, 24),
+  # size (16, 24), the box (8, 12, 24, 36) on the 32x48 canvas. Example 1: sizes sigmoid(-40),
+  # an empty box at the centre.
+  outputs[1, 2:4] = -40.0
   outputs[1, 4 + 3] = 10.0                      # and class 3 very likely
   batch = {"box": jnp.asarray([[8, 12, 24, 36], [8, 12, 24, 36]], jnp.float32),
            "label": jnp.asarray([3, 3])}

@@ -33,7 +33,7 @@ import flax.linen as nn
 from cnnjax.models import layers
 from cnnjax.models.classic import BNCNN, KerasCifarCNN, LeNet5, MnistCNN, SimpleCNN
 from cnnjax.models.resnet import BasicBlock, CifarResNet
-from cnnjax.models.scene import ColumnReader, LocalizationCNN
+from cnnjax.models.scene import CountingReader, LocalizationCNN
 from cnnjax.models.segmentation import FCN, UNet
 from cnnjax.models.vgg import VGG
 
@@ -61,7 +61,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "fcn": FCN,
     "tiny_unet": TinyUNet,
     "loc_cnn": LocalizationCNN,
-    "seq_reader": ColumnReader,
+    "seq_reader": CountingReader,
 }
 
 # Options that only say how to run BatchNorm; harmless to drop for models without it.
@@ -130,7 +130,7 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "BNCNN", "BasicBlock", "CifarResNet", "ColumnReader", "FCN", "KerasCifarCNN", "LeNet5",
+    "BNCNN", "BasicBlock", "CifarResNet", "CountingReader", "FCN", "KerasCifarCNN", "LeNet5",
     "LocalizationCNN", "MODELS", "MnistCNN", "ResNet18", "ResNet20",
     "SimpleCNN", "TinyCNN", "TinyUNet", "UNet", "VGG", "VGGSmall", "get_model",
     "has_batch_norm", "layers", "model_names", "output_kind",

@@ -1,4 +1,4 @@
-"""Localization of one digit per scene (embedded, offline): loc_cnn, GIoU + class cross-entropy.
+"""Localization of one digit per scene (embedded, offline): loc_cnn, smooth L1 + class CE.
 
     python -m experiments.main --config=experiments/configs/localization.py
 
@@ -16,7 +16,7 @@ def get_config():
   c.num_epochs = 4
   c.batch_size = 32
   c.eval_batch_size = 500
-  c.loss.name = "giou"
+  c.loss.name = "smooth_l1"
   c.optimizer.name = "adamw"
   c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"

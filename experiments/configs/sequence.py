@@ -13,12 +13,12 @@ def get_config():
   c.task = "sequence"
   c.dataset = "digit_scenes"
   c.model = "seq_reader"
-  c.num_epochs = 4
+  c.num_epochs = 3
   c.batch_size = 32
   c.eval_batch_size = 500
   c.loss.name = "sequence_cross_entropy"
   c.optimizer.name = "adamw"
-  c.optimizer.learning_rate = 3e-3
+  c.optimizer.learning_rate = 1e-3
   c.optimizer.schedule = "cosine"
   c.optimizer.weight_decay = 5e-4
   return c
