@@ -601,11 +601,13 @@ def make_optimizer(config: ml_collections.ConfigDict,
   """
   if not isinstance(total_steps, int) or total_steps < 1:
     raise ValueError(f"total_steps={total_steps!r} must be an integer >= 1")
-  validate(config)
-  k = config.grad_accum_steps
+  k = config.get("grad_accum_steps")
+  if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+    raise _fail("grad_accum_steps", k, "must be an integer >= 1")
   if total_steps < k:
     raise _fail("grad_accum_steps", k, f"must be <= total_steps={total_steps}")
   updates_total = total_steps // k
+  # Once, with the run length: the schedule checks need the number of updates.
   validate(config, updates_total)
 
   name = config.name

@@ -41,7 +41,9 @@ from cnnjax.training import build
 from experiments import cli
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"], "Models to benchmark.")
+flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"],
+                  "Models to benchmark, or 'all' (every model of cnnjax.models but the "
+                  "test-only tiny_cnn).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_bool("compare_torch", False, "Also time the same model in PyTorch eager.")
 flags.DEFINE_string("output_json", "", "Write the results here as JSON.")
@@ -53,9 +55,13 @@ flags.DEFINE_enum("fast_ops", "auto", list(fast_ops.IMPLEMENTATIONS),
                   "Convolution/pooling formulation (see cnnjax.models.fast_ops).")
 flags.DEFINE_bool("donate", True, "Donate the train state to the step (buffer reuse).")
 
-INPUT_SHAPES = {"keras_cifar_cnn": (32, 32, 3), "mnist_cnn": (28, 28, 1), "resnet20": (32, 32, 3),
-                "simple_cnn": (32, 32, 3), "lenet5": (28, 28, 1)}
-_PIPELINE_DATASET = {1: "mnist", 3: "cifar10"}
+# Each model on the images of its dataset: CIFAR for the CIFAR models, MNIST for the
+# MNIST ones, digits for bn_cnn (the default run's model).
+INPUT_SHAPES = {"simple_cnn": (32, 32, 3), "keras_cifar_cnn": (32, 32, 3),
+                "mnist_cnn": (28, 28, 1), "lenet5": (28, 28, 1), "bn_cnn": (8, 8, 1),
+                "vgg_small": (32, 32, 3), "resnet20": (32, 32, 3), "resnet18": (32, 32, 3),
+                "tiny_cnn": (8, 8, 1)}
+_PIPELINE_DATASET = {1: "mnist", 3: "cifar10"}  # by channels; the shape comes from the model
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -119,32 +125,12 @@ def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
 # ----------------------------------------------------------------------------- torch
 
 
-def _torch_model(name: str):
-  import torch.nn as tnn  # pylint: disable=g-import-not-at-top
-  if name == "keras_cifar_cnn":
-    return tnn.Sequential(
-        tnn.Conv2d(3, 32, 3), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(32, 64, 3), tnn.ReLU(),
-        tnn.MaxPool2d(2), tnn.Conv2d(64, 64, 3), tnn.ReLU(), tnn.Flatten(),
-        tnn.Linear(64 * 4 * 4, 64), tnn.ReLU(), tnn.Linear(64, 10))
-  if name == "mnist_cnn":
-    # Even 28 -> 14 -> 7: 'same' 2x2 pooling needs no padding, so MaxPool2d(2) matches.
-    return tnn.Sequential(
-        tnn.Conv2d(1, 32, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-        tnn.Conv2d(32, 64, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-        tnn.Linear(7 * 7 * 64, 1024), tnn.ReLU(), tnn.Dropout(0.5), tnn.Linear(1024, 10))
-  return None
-
-
 def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
-  """A function running n PyTorch train steps, or None if there is no port of ``name``."""
+  """A function running n PyTorch train steps of the twin of ``name`` (`torch_twins`)."""
   import torch  # pylint: disable=g-import-not-at-top
+  from experiments import torch_twins  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  net = _torch_model(name)
-  if net is None:
-    return None
-  n_params = sum(p.numel() for p in net.parameters())
-  if n_params != jax_params:
-    raise ValueError(f"PyTorch {name} has {n_params} parameters, cnnjax's has {jax_params}")
+  net = torch_twins.twin(name, input_shape, jax_params)
   h, w, c = input_shape
   x = torch.rand(batch_size, c, h, w)
   y = torch.randint(0, 10, (batch_size,))
@@ -207,8 +193,7 @@ def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_windo
   torch_run = None
   if compare_torch:
     torch_run = _torch_runner(name, input_shape, batch_size, n_params)
-    if torch_run is not None:
-      torch_run(2)
+    torch_run(2)
   jax_rates, torch_rates = [], []
   for _ in range(windows):  # alternate, so background load hits both contenders alike
     jax_rates.append(batch_size * steps_per_window / _timed(lambda: run_jax(steps_per_window)))
@@ -289,7 +274,9 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
 
 def main(argv: list[str]) -> None:
   del argv
-  cli.configure_process()
+  cli.configure_process(cache=False)  # compile_seconds is a compilation, not a cache load
+  if FLAGS.models == ["all"]:
+    FLAGS.models = [m for m in models.model_names() if m != "tiny_cnn"]
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
     cli.fail(f"--models has unknown model(s) {unknown}; expected some of {models.model_names()}")

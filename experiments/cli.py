@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import io
 import logging as std_logging
 import os
 import re
@@ -37,12 +38,29 @@ def verbose(argv: Sequence[str] | None = None) -> bool:
              for a in (sys.argv if argv is None else argv))
 
 
+def say(line: str) -> None:
+  """Writes ``line`` and its newline to stderr in one system call.
+
+  Several processes of one run share the terminal or pipe; one ``write`` of fewer
+  than PIPE_BUF bytes is atomic, two (``print`` writes the text, then the end) can
+  interleave with a peer's.
+  """
+  sys.stderr.flush()
+  try:
+    fd = sys.stderr.fileno()
+  except (AttributeError, ValueError, io.UnsupportedOperation):  # a captured stream
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+    return
+  os.write(fd, (line + "\n").encode())
+
+
 def fail(message: str, code: int = EXIT_BAD_INPUT, *, exc: BaseException | None = None):
   """Prints ``error: <first line of message>`` on stderr and exits with ``code``."""
   if exc is not None and verbose():
     traceback.print_exception(exc)
   line = " ".join(str(message).split("\n")[0].split()) or type(exc).__name__
-  print(f"error: {line}", file=sys.stderr, flush=True)
+  say(f"error: {line}")
   sys.exit(code)
 
 
@@ -163,11 +181,16 @@ def compilation_cache() -> str | None:
   return path
 
 
-def configure_process() -> dict:
-  """The entry points' process settings; returns what `cpu_runtime.configure` applied."""
+def configure_process(*, cache: bool = True) -> dict:
+  """The entry points' process settings; returns what `cpu_runtime.configure` applied.
+
+  ``cache=False`` leaves JAX's persistent compilation cache off (the benchmark measures
+  compilation itself).
+  """
   from cnnjax import cpu_runtime  # pylint: disable=g-import-not-at-top
   applied = cpu_runtime.configure()
-  compilation_cache()
+  if cache:
+    compilation_cache()
   level = logging.INFO if verbose() else logging.WARNING
   logging.set_verbosity(level)
   # tfds and jax log through the standard library; their routine notes (a missing
@@ -188,7 +211,6 @@ def run(main: Callable[[list[str]], None]) -> None:
   try:
     app.run(wrapped, flags_parser=parse_flags)
   except KeyboardInterrupt:
-    # Ctrl-C before the command installed its own handler.
-    print("interrupted by SIGINT before training started; nothing was saved", file=sys.stderr,
-          flush=True)
+    # Ctrl-C where the command has no stop handler of its own (imports, flag parsing).
+    say("interrupted by SIGINT")
     sys.exit(130)

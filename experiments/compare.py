@@ -40,7 +40,7 @@ def _budget(base) -> str:
           f"{base.num_epochs} epochs") + f", batch {base.batch_size}"
 
 
-def _train_groups(groups, target, log) -> tuple[list[dict], list[dict]]:
+def _train_groups(groups, target, log, stop) -> tuple[list[dict], list[dict]]:
   from cnnjax.study import vmapped  # pylint: disable=g-import-not-at-top
   results: dict[int, dict] = {}
   group_times = []
@@ -49,7 +49,8 @@ def _train_groups(groups, target, log) -> tuple[list[dict], list[dict]]:
     label = (f"group {gi}/{len(groups)} [{settings[0]}" + (f" +{len(settings) - 1} settings"
              if len(settings) > 1 else "") + f", {len(group)} runs]")
     t = time.perf_counter()
-    out = vmapped.train_group([v.config for v in group], log=log, label=label, target=target)
+    out = vmapped.train_group([v.config for v in group], log=log, label=label, target=target,
+                              stop=stop)
     group_times.append({"group": gi, "runs": len(group), "settings": settings,
                         "wall_seconds": time.perf_counter() - t,
                         "compile_seconds": out[0]["compile_seconds"],
@@ -76,7 +77,7 @@ def _measure(groups, steps: int, timing: dict, log) -> dict:
 
 
 def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
-              log=_log) -> dict:
+              log=_log, stop=None) -> dict:
   """Trains the study, writes results.json, report.md and plots/ into workdir."""
   from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
@@ -87,7 +88,7 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   base = study.base
   log(f"{title}: {len(variants)} runs in {len(groups)} vmapped group(s); {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
-  results, group_times = _train_groups(groups, target, log)
+  results, group_times = _train_groups(groups, target, log, stop)
   timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
             "groups": len(groups),
             "compile seconds (all groups)": sum(g["compile_seconds"] for g in group_times),
@@ -114,6 +115,8 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
 
 
 def main(argv):
+  from cnnjax.training.signals import Interrupted, StopRequest  # pylint: disable=g-import-not-at-top
+  stop = StopRequest().install()
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; flags look like --config.key=value")
   cli.configure_process()
@@ -126,7 +129,10 @@ def main(argv):
       "runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   try:
     out = run_study(study, workdir, measure_vmap=_MEASURE.value,
-                    measure_steps=_MEASURE_STEPS.value)
+                    measure_steps=_MEASURE_STEPS.value, stop=stop)
+  except Interrupted as e:
+    cli.say(str(e))
+    sys.exit(e.exit_code)
   except (ValueError, TypeError) as e:  # DatasetNotFoundError is a ValueError
     cli.fail(str(e), exc=e)
   print()

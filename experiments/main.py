@@ -53,7 +53,7 @@ def main(argv):
     summary = loop.train_and_evaluate(config, workdir, stop=stop,
                                       allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except Interrupted as e:
-    print(str(e), file=sys.stderr, flush=True)
+    cli.say(str(e))
     sys.exit(e.exit_code)
   except loop.Diverged as e:
     cli.fail(str(e), cli.EXIT_DIVERGED, exc=e)

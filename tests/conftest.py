@@ -12,7 +12,7 @@ import jax  # noqa: E402
 
 from cnnjax import cpu_runtime  # noqa: E402
 
-# What every cnnjax entry point does on import, before JAX's first computation.
+# What every cnnjax entry point (experiments/cli.py) does before JAX's first computation.
 cpu_runtime.configure()
 
 jax.config.update("jax_num_cpu_devices", 8)

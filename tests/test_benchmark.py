@@ -5,8 +5,11 @@ figure exists and is positive, and that the PyTorch port has the same
 parameter count as the cnnjax model (the benchmark checks that itself).
 """
 
+import jax
+import numpy as np
 import pytest
 
+from cnnjax import models
 from experiments import benchmark
 
 
@@ -32,8 +35,55 @@ def test_benchmark_model_smoke():
 
 
 def test_torch_ports_match_parameter_counts():
+  torch_twins = pytest.importorskip("experiments.torch_twins")
+  # Hand counts: mnist_cnn 832 + 51,264 + 3,212,288 + 10,250 = 3,274,634; keras 122,570 (the
+  # TensorFlow tutorial's model.summary()); resnet20 269,722 (He et al.'s "0.27M").
+  for name, shape, count in [("mnist_cnn", (28, 28, 1), 3_274_634),
+                             ("keras_cifar_cnn", (32, 32, 3), 122_570),
+                             ("resnet20", (32, 32, 3), 269_722)]:
+    assert sum(p.numel() for p in torch_twins.twin(name, shape, count).parameters()) == count
+  with pytest.raises(ValueError, match="parameters"):
+    torch_twins.twin("bn_cnn", (8, 8, 1), 1)
+
+
+# (name, input shape): every model, on small inputs where the model allows them.
+TWIN_SHAPES = [("simple_cnn", (32, 32, 3)), ("keras_cifar_cnn", (32, 32, 3)),
+               ("mnist_cnn", (28, 28, 1)), ("lenet5", (28, 28, 1)), ("bn_cnn", (8, 8, 1)),
+               ("vgg_small", (8, 8, 3)), ("resnet20", (8, 8, 3)), ("resnet18", (8, 8, 1)),
+               ("tiny_cnn", (8, 8, 1))]
+
+
+def test_every_model_has_a_twin():
+  torch_twins = pytest.importorskip("experiments.torch_twins")
+  assert {n for n, _ in TWIN_SHAPES} == set(models.MODELS) == set(torch_twins.TWINS)
+
+
+@pytest.mark.parametrize("name,shape", TWIN_SHAPES, ids=[n for n, _ in TWIN_SHAPES])
+def test_torch_twin_computes_what_the_cnnjax_model_computes(name, shape):
+  """Same architecture, checked by running it: the twin, loaded with the cnnjax model's
+  weights and (perturbed) BatchNorm statistics, gives the same logits in evaluation mode.
+  PyTorch 2.13 is the independent implementation of every layer."""
   torch = pytest.importorskip("torch")
-  del torch
-  # Hand counts: mnist_cnn 832 + 51,264 + 3,212,288 + 10,250 = 3,274,634.
-  assert sum(p.numel() for p in benchmark._torch_model("mnist_cnn").parameters()) == 3_274_634
-  assert sum(p.numel() for p in benchmark._torch_model("keras_cifar_cnn").parameters()) == 122_570
+  from experiments import torch_twins
+  model = models.get_model(name, num_classes=10, implementation="lax")
+  x = np.random.default_rng(0).random((3, *shape), np.float32)
+  # Random values in the variables' shapes (no compiled init needed): weights scaled by
+  # fan-in, BatchNorm means near 0 and variances near 1, so activations stay O(1).
+  rng = np.random.default_rng(2)
+
+  def fill(path, a):
+    name = path[-1].key
+    if name in ("var", "scale"):
+      return (1.0 + 0.1 * rng.random(a.shape)).astype(np.float32)
+    fan_in = int(np.prod(a.shape[:-1])) if name == "kernel" else 10
+    return (rng.standard_normal(a.shape) / np.sqrt(fan_in)).astype(np.float32)
+
+  variables = jax.tree_util.tree_map_with_path(fill, jax.eval_shape(
+      lambda: model.init(jax.random.key(1), x, train=False)))
+  logits = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
+  n_params = sum(a.size for a in jax.tree.leaves(variables["params"]))
+  net = torch_twins.load_cnnjax_variables(torch_twins.twin(name, shape, n_params), model,
+                                          variables, shape)
+  with torch.no_grad():
+    theirs = net.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+  np.testing.assert_allclose(logits, theirs, rtol=1e-4, atol=1e-5 * np.abs(logits).max())

@@ -71,12 +71,26 @@ def test_unknown_and_missing_keys_are_refused():
     config_lib.validate(partial)
 
 
-@pytest.mark.parametrize("fraction", [0.0, 0.5])
-def test_validation_fraction_range_is_the_pipelines(fraction):
-  """0 (no validation split) is accepted by the config check and by the data pipeline alike."""
+def test_validation_fraction_range_is_the_pipelines():
+  """[0, 1) in the config check and in the data pipeline alike (0 = no validation split)."""
+  import numpy as np
+  from cnnjax.data import catalog, pipeline
+  info = catalog.dataset_info("digits")
+  arrays = (np.zeros((10, 8, 8, 1), np.uint8), np.arange(10) % 10)
   config = config_lib.get_config()
-  config.validation_fraction = fraction
-  config_lib.validate(config)
+  for fraction in (0.0, 0.5, 0.9):
+    config.validation_fraction = fraction
+    config_lib.validate(config)
+    data = pipeline.Dataset(info, arrays, arrays, batch_size=1, eval_batch_size=1,
+                            validation_fraction=fraction)
+    assert data.num_examples("validation") == round(fraction * 10)
+  for fraction in (1.0, -0.1):
+    config.validation_fraction = fraction
+    with pytest.raises(ValueError, match=r"validation_fraction.*\[0, 1\)"):
+      config_lib.validate(config)
+    with pytest.raises(ValueError, match=r"validation_fraction.*\[0, 1\)"):
+      pipeline.Dataset(info, arrays, arrays, batch_size=1, eval_batch_size=1,
+                       validation_fraction=fraction)
 
 
 def _imports(path: pathlib.Path):

@@ -32,7 +32,11 @@ def test_config_is_valid_and_documents_its_command(name):
 
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "cifar10_resnet20"])
 def test_real_dataset_config_trains_on_mock_data(name, tmp_path):
+  """The config's data path (dataset, augmentation, schedule, optimizer) end to end. The
+  model is swapped for tiny_cnn: the configs' models train in tests/test_models.py, and
+  compiling resnet20 here would cost half a minute."""
   config = load(name)
+  config.model = "tiny_cnn"
   config.data_dir = str(tmp_path / "data")
   config.num_train_steps = 3
   config.batch_size = 16

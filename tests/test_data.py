@@ -50,7 +50,7 @@ def test_data_dir_resolution(monkeypatch, tmp_path):
 def digits_dir(tmp_path_factory):
   path = tmp_path_factory.mktemp("digits_data")
   start = time.perf_counter()
-  sources.ensure_digits(str(path))
+  sources.ensure_embedded("digits", str(path))
   elapsed = time.perf_counter() - start
   # No network is reachable here, so any download attempt would hang for minutes.
   assert elapsed < 30, f"preparing digits took {elapsed:.1f} s"
@@ -391,3 +391,21 @@ def test_keyed_permutation_is_a_permutation():
     np.testing.assert_array_equal(np.sort(p), np.arange(n))
   assert not np.array_equal(cnnjax.data.keyed_permutation(50, 0),
                             cnnjax.data.keyed_permutation(50, 1))
+
+
+def test_prepare_command_is_quiet_by_default(tmp_path):
+  """`python -m cnnjax.data.prepare --from_dir`: one result line, no library chatter (tfds'
+  "Downloading and preparing" lines, nothing is downloaded); --verbose shows it."""
+  import subprocess
+  import sys
+  raw = tmp_path / "raw"
+  raw.mkdir()
+  write_mnist(raw, np.random.default_rng(3))
+  command = [sys.executable, "-m", "cnnjax.data.prepare", "--dataset=mnist",
+             f"--data_dir={tmp_path / 'data'}", f"--from_dir={raw}"]
+  quiet = subprocess.run(command, capture_output=True, text=True, timeout=300)
+  assert quiet.returncode == 0, quiet.stderr
+  assert quiet.stdout.strip().startswith("Prepared mnist in ") and quiet.stderr == ""
+  verbose = subprocess.run(command + ["--overwrite", "--verbose"], capture_output=True,
+                           text=True, timeout=300)
+  assert verbose.returncode == 0 and "Downloading and preparing" in verbose.stderr

@@ -142,6 +142,7 @@ def test_grad_norm_and_nonfinite_flag():
   """grad_norm equals optax's global norm of the same gradients; one inf entry flags the step."""
   state, batch = _tiny_state_and_batch()
 
+  @jax.jit
   def reference_grads(params):
     def objective(p):
       logits, _ = state.apply_fn({"params": p, "batch_stats": state.batch_stats}, batch["image"],
@@ -254,7 +255,7 @@ def test_build_run_keeps_the_rate_in_the_optimizer_state(keras_runs):
   assert float(optimizers.learning_rate(run.state.opt_state)) == np.float32(1e-3)
   direct = optimizers.make_optimizer(run.config.optimizer, run.total_steps)
   grads = jax.tree.map(jnp.ones_like, run.state.params)
-  ours, _ = run.tx.update(grads, run.state.opt_state, run.state.params)
+  ours, _ = run.unit_rate_tx.update(grads, run.state.opt_state, run.state.params)
   theirs, _ = direct.update(grads, direct.init(run.state.params), run.state.params)
   chex.assert_trees_all_equal(ours, theirs)
 
@@ -274,3 +275,21 @@ def test_main_without_workdir_creates_a_timestamped_run(tmp_path, data_dir):
   assert run.startswith("default-")
   assert json.load(open(tmp_path / "runs" / run / "summary.json"))["status"] == "completed"
   assert "test accuracy" in proc.stdout
+
+
+def test_a_tie_keeps_the_best_epoch_the_summary_names(tmp_path, data_dir):
+  """A rate so small (and no BatchNorm statistics) that validation accuracy cannot change:
+  every epoch ties. The summary names the first epoch as best, and that epoch's checkpoint
+  is the one kept."""
+  config = small_config(data_dir, num_train_steps=0, num_epochs=3, batch_size=128,
+                        keep_checkpoints=1, checkpoint_every_seconds=0.0)
+  config.model = "simple_cnn"
+  config.optimizer.name, config.optimizer.learning_rate = "sgd", 1e-12
+  config.optimizer.schedule, config.optimizer.weight_decay = "constant", 0.0
+  summary = loop.train_and_evaluate(config, str(tmp_path))
+  values = [h["val_accuracy"] for h in summary["history"]]
+  assert len(set(values)) == 1, values
+  assert summary["best_epoch"] == 1 and summary["best_val_accuracy"] == values[0]
+  first_epoch_step = summary["history"][0]["step"]
+  kept = sorted(int(n) for n in os.listdir(tmp_path / "checkpoints") if n.isdigit())
+  assert kept == [first_epoch_step, summary["steps"]], kept

@@ -13,7 +13,8 @@ class DatasetInfo:
   train_split: str = "train"
   test_split: str = "test"
   flips_make_sense: bool = False  # digits are not mirror-symmetric; photos are
-  fields: tuple[str, ...] = ("label",)  # what each example holds besides "image"
+  fields: tuple[str, ...] = ("label",)  # what each example holds besides "image" (never
+                                         # "mask": evaluation batches' padding mask)
   max_objects: int = 0  # scenes: the most objects (digits) one example holds
 
 

@@ -126,8 +126,8 @@ class Dataset:
       in ``[0, 1)``; 0 means no validation split.
   """
 
-  def __init__(self, info: catalog.DatasetInfo, train: tuple[np.ndarray, np.ndarray],
-               test: tuple[np.ndarray, np.ndarray], *, batch_size: int,
+  def __init__(self, info: catalog.DatasetInfo, train: Split | tuple[np.ndarray, np.ndarray],
+               test: Split | tuple[np.ndarray, np.ndarray], *, batch_size: int,
                eval_batch_size: int, seed: int = 0, validation_fraction: float = 0.0):
     if not 0.0 <= validation_fraction < 1.0:
       raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
@@ -205,6 +205,9 @@ class Dataset:
     dataset on an accelerator and scale there).
     """
     fields = self._get(split)
+    if "label" not in fields:
+      raise ValueError(f"{self.info.name} has no labels (fields {list(self.fields)}); "
+                       "use split_arrays")
     return _pixels(fields["image"], dtype), fields["label"]
 
   # -- training ---------------------------------------------------------------
@@ -271,11 +274,11 @@ class Dataset:
       count = max(stop - start, 0)
       batch = {k: np.zeros((b, *v.shape[1:]), np.float32 if k == "image" else v.dtype)
                for k, v in fields.items()}
-      batch["mask"] = np.zeros((b,), np.float32)
+      batch[EVAL_MASK] = np.zeros((b,), np.float32)
       if count:
         for k, v in fields.items():
           batch[k][:count] = to_float(v[start:stop]) if k == "image" else v[start:stop]
-        batch["mask"][:count] = 1.0
+        batch[EVAL_MASK][:count] = 1.0
       yield batch
 
 
@@ -293,7 +296,14 @@ def _int32_labels(split: Split) -> Split:
   return split
 
 
+# Evaluation batches add this field (1 = a real example, 0 = padding); no dataset may use it.
+EVAL_MASK = "mask"
+
+
 def _check_split(info: catalog.DatasetInfo, name: str, fields: Split) -> None:
+  if EVAL_MASK in fields:
+    raise ValueError(f"{info.name} {name}: a field may not be called {EVAL_MASK!r}, the name "
+                     "evaluation batches give their padding mask; rename it")
   x = fields.get("image")
   if x is None or x.dtype != np.uint8 or x.shape[1:] != tuple(info.image_shape):
     raise ValueError(f"{info.name} {name}: expected uint8 images [n, "

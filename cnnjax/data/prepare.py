@@ -80,8 +80,14 @@ def prepare(name: str, data_dir: str = "", from_dir: str | None = None, *,
 
 
 def main(argv: list[str]) -> None:
-  from absl import flags
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
   del argv
+  # tfds narrates every preparation at INFO/WARNING (e.g. "no dataset_info.json" before
+  # the first one); shown with --verbose.
+  verbose = flags.FLAGS.verbose
+  logging.set_verbosity(logging.INFO if verbose else logging.ERROR)
+  std_logging.getLogger("absl").setLevel(std_logging.INFO if verbose else std_logging.ERROR)
   path = prepare(flags.FLAGS.dataset, flags.FLAGS.data_dir, flags.FLAGS.from_dir or None,
                  overwrite=flags.FLAGS.overwrite)
   print(f"Prepared {flags.FLAGS.dataset} in {path}")
@@ -96,5 +102,6 @@ if __name__ == "__main__":
                       "~/tensorflow_datasets).")
   flags.DEFINE_string("from_dir", "", "Directory with the raw archives; empty = download them.")
   flags.DEFINE_bool("overwrite", False, "Rebuild even if already prepared.")
+  flags.DEFINE_bool("verbose", False, "Show the dataset library's log lines.")
   flags.mark_flag_as_required("dataset")
   app.run(main)

@@ -44,23 +44,41 @@ def prepare_command(name: str, data_dir: str) -> str:
           "[--from_dir=DIR_WITH_RAW_ARCHIVES]")
 
 
+class _LogLines(io.TextIOBase):
+  """A text stream that logs each complete line at INFO as it is written."""
+
+  def __init__(self):
+    super().__init__()
+    self._partial = ""
+
+  def write(self, text: str) -> int:
+    *lines, self._partial = (self._partial + text).split("\n")
+    for line in lines:
+      if line.strip():
+        logging.info("tfds: %s", line.strip())
+    return len(text)
+
+  def flush(self) -> None:
+    if self._partial.strip():
+      logging.info("tfds: %s", self._partial.strip())
+    self._partial = ""
+
+
 @contextlib.contextmanager
 def quiet_preparation():
   """Keeps tfds's preparation chatter off the terminal: progress bars off, and the
   "Downloading and preparing dataset ..." lines it prints on stdout (nothing is
-  downloaded here) re-logged at INFO, shown with ``--verbose``."""
+  downloaded here) logged at INFO as they come, shown with ``--verbose``."""
   from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=g-import-not-at-top
   was_active = getattr(tqdm_utils, "_active", True)
   tfds.display_progress_bar(False)
-  captured = io.StringIO()
+  lines = _LogLines()
   try:
-    with contextlib.redirect_stdout(captured):
+    with contextlib.redirect_stdout(lines):
       yield
   finally:
+    lines.flush()
     tfds.display_progress_bar(was_active)
-    for line in captured.getvalue().splitlines():
-      if line.strip():
-        logging.info("tfds: %s", line.strip())
 
 
 # Datasets whose data ships with an installed package: prepared on first use, offline.
@@ -82,11 +100,6 @@ def ensure_embedded(name: str, data_dir: str):
     if not builder.is_prepared():
       raise
   return builder
-
-
-def ensure_digits(data_dir: str) -> None:
-  """Prepares the embedded digits dataset in ``data_dir`` unless it is there already."""
-  ensure_embedded("digits", data_dir)
 
 
 def open_splits(name: str, data_dir: str, splits=("train", "test")) -> list:
@@ -218,11 +231,3 @@ def read_fields(source, info: catalog.DatasetInfo, *, data_dir: str = "",
     fields["label"] = fields["label"].astype(np.int32)
   _write_cache(cache, fields)
   return fields
-
-
-def read_arrays(source, image_shape: tuple[int, int, int], *, data_dir: str = "",
-                name: str = "", split: str = "") -> tuple[np.ndarray, np.ndarray]:
-  """``(images, labels)`` of a classification split (see `read_fields`)."""
-  info = catalog.DatasetInfo(name or "dataset", tuple(image_shape), 0)
-  fields = read_fields(source, info, data_dir=data_dir, split=split)
-  return fields["image"], fields["label"]

@@ -13,10 +13,11 @@ Example:
   >>> import jax, jax.numpy as jnp
   >>> model = get_model("bn_cnn", num_classes=10)
   >>> x = jnp.zeros((4, 8, 8, 1))
-  >>> variables = model.init(jax.random.key(0), x, train=False)
+  >>> variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
   >>> sorted(variables)
   ['batch_stats', 'params']
-  >>> logits, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  >>> train = jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"]))
+  >>> logits, updates = train(variables, x)
   >>> logits.shape, logits.dtype
   ((4, 10), dtype('float32'))
 """

@@ -124,8 +124,8 @@ class SimpleCNN(Classifier):
     >>> import jax, jax.numpy as jnp
     >>> model = SimpleCNN(num_classes=10)
     >>> x = jnp.zeros((2, 32, 32, 3))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 10)
   """
   @nn.compact

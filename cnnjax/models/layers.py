@@ -126,8 +126,8 @@ class Conv(nn.Module):
     >>> import jax, jax.numpy as jnp
     >>> conv = Conv(4, (3, 3))
     >>> x = jnp.ones((2, 8, 8, 3))
-    >>> variables = conv.init(jax.random.key(0), x)
-    >>> variables["params"]["kernel"].shape, conv.apply(variables, x).shape
+    >>> variables = jax.eval_shape(lambda: conv.init(jax.random.key(0), x))
+    >>> variables["params"]["kernel"].shape, jax.eval_shape(conv.apply, variables, x).shape
     ((3, 3, 3, 4), (2, 8, 8, 4))
   """
   features: int

@@ -100,8 +100,8 @@ class CifarResNet(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = CifarResNet(num_classes=10, stage_sizes=(1, 1), widths=(4, 8))
     >>> x = jnp.zeros((2, 8, 8, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 10)
   """
   stage_sizes: Sequence[int] = (3, 3, 3)

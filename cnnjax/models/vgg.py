@@ -33,8 +33,8 @@ class VGG(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = VGG(num_classes=10, stages=((8,), (16,)))
     >>> x = jnp.zeros((2, 8, 8, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 10)
   """
   stages: Sequence[Sequence[int]] = ((64, 64), (128, 128), (256, 256))

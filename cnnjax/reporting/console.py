@@ -102,10 +102,12 @@ class Progress:
     """A start-up stage ("compiling ...") as one line, in every mode but none."""
     self.message(text)
 
-  def start(self, step: int) -> None:
-    """Training starts (or resumes) at ``step``."""
-    self._start_time = time.perf_counter()
-    self._start_step = step
+  def start(self, step: int, *, restart: bool = False) -> None:
+    """Training starts (or resumes) at ``step``; later calls (each epoch) keep the clock
+    unless ``restart`` (after a rollback), so the rate and ETA average over the run."""
+    if self._start_time is None or restart:
+      self._start_time = time.perf_counter()
+      self._start_step = step
     if self.mode == "bar" and self._bar is None:
       from rich.console import Console  # pylint: disable=g-import-not-at-top
       from rich import progress as rp  # pylint: disable=g-import-not-at-top

@@ -145,19 +145,19 @@ def _summary(rows: Sequence[Mapping[str, Any]], n_test: int | None) -> list[str]
     return ["Every variant diverged: no winner."]
   win, metric = ok[0], ok[0]["metric"]
   pct = win["percent"]
-  unit = "%" if pct else ""
+  unit, points = ("%", " points") if pct else ("", "")
   lines = [f"**Winner: {win['setting']}**, test {metric} {fmt(win['mean'], pct)}{unit} "
            f"± {fmt(win['std'], pct)} over {win['n'] - win['diverged']} seeds."]
   if len(ok) > 1:
     run = ok[1]
     w = welch(win["values"], run["values"])
     pooled = math.sqrt((win["std"] ** 2 + run["std"] ** 2) / 2)
-    margin = f"{fmt(abs(w['diff']), pct)}{' points' if unit else ''}"
+    margin = f"{fmt(abs(w['diff']), pct)}{points}"
     margin += " (a tie)" if w["diff"] == 0 else ""
     if n_test and pct:
       margin += f" (≈ {abs(w['diff']) * n_test:.1f} of {n_test} test images)"
     lines.append(f"Runner-up: {run['setting']} at {fmt(run['mean'], pct)}{unit}; margin "
-                 f"{margin}; pooled seed std {fmt(pooled, pct)}.")
+                 f"{margin}; pooled seed std {fmt(pooled, pct)}{points}.")
     if w["t"] is None:
       lines.append("Too few seeds for a Welch t test (need >= 2 per setting).")
     else:
@@ -168,7 +168,7 @@ def _summary(rows: Sequence[Mapping[str, Any]], n_test: int | None) -> list[str]
     w = welch(win["values"], last["values"])
     tail = ""
     if w["t"] is not None:
-      tail = (f"; winner minus worst {fmt(abs(w['diff']), pct)}, Welch t = {w['t']:.2f} "
+      tail = (f"; winner minus worst {fmt(abs(w['diff']), pct)}{points}, Welch t = {w['t']:.2f} "
               f"(critical {w['critical']:.2f}): {_verdict(w)} the seed-to-seed spread")
     lines.append(f"Worst finishing setting: {last['setting']} at "
                  f"{fmt(last['mean'], pct)}{unit}{tail}.")

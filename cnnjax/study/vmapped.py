@@ -40,6 +40,7 @@ from cnnjax.study.grid import group_key
 from cnnjax.training import tracking
 from cnnjax.training.build import Run, build_run
 from cnnjax.training.nonfinite import Diverged, NonFinitePolicy, NonFiniteStep
+from cnnjax.training.signals import Interrupted
 
 __all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
 
@@ -185,7 +186,8 @@ def _compile(g: GroupRun) -> tuple[Callable, Callable]:
 
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
-                label: str = "", target: float | None = None) -> list[dict[str, Any]]:
+                label: str = "", target: float | None = None,
+                stop=None) -> list[dict[str, Any]]:
   """Trains the K runs of ``configs`` together; returns one result dict per run, in order.
 
   Args:
@@ -195,6 +197,10 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     label: a name for the group in progress lines.
     target: a value of the task's headline metric on validation whose first reach is
       reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
+    stop: a `cnnjax.training.signals.StopRequest`, checked at every epoch end.
+
+  Raises:
+    Interrupted: a stop was requested (a group keeps no checkpoints).
 
   Returns:
     Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
@@ -236,6 +242,10 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
                      train_seconds / k_runs)
     if val is not None:
       log(_epoch_line(label, epoch, first, lanes, val, train_seconds))
+    if stop is not None and stop.requested:
+      raise Interrupted(f"interrupted by {stop.name} in {label or 'a study group'}, epoch "
+                        f"{epoch}; a study keeps no checkpoints: nothing was written",
+                        stop.exit_code)
   test = _evaluate(g, eval_fn, state, "test")
   return [_result(lane, t, step, compile_seconds, train_seconds, k_runs)
           for lane, t in zip(lanes, test)]

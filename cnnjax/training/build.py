@@ -44,7 +44,9 @@ class Run:
     task: the `cnnjax.tasks.Task`.
     model: the module trained (its ``implementation`` resolved for training).
     eval_model: the same module with the forward-only formulation (same parameters).
-    tx: the optax chain (schedule for a rate of 1; the rate lives in the state).
+    unit_rate_tx: the optax chain with its schedule built for a rate of 1; the run's rate is
+      the run-time scale in the optimizer state (``initializer(key, learning_rate)``
+      sets it). ``unit_rate_tx.init`` alone would train at a rate of 1.
     loss_fn: ``(outputs, batch) -> [B]``.
     initializer: ``key -> TrainState`` (shared by the runs of a study group).
     state: the initial `TrainState`.
@@ -59,7 +61,7 @@ class Run:
   task: tasks_lib.Task
   model: nn.Module
   eval_model: nn.Module
-  tx: optax.GradientTransformation
+  unit_rate_tx: optax.GradientTransformation
   loss_fn: tasks_lib.TaskLoss
   initializer: Callable[[jax.Array], state_lib.TrainState]
   state: state_lib.TrainState
@@ -161,7 +163,8 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
       microbatches, per_device_batch=config.batch_size // num_devices,
       has_batch_norm=has_batch_norm(config.model), backend=jax.default_backend(),
       num_params=state_lib.num_params(state.params))
-  return Run(config=config, data=data, task=task, model=model, eval_model=eval_model, tx=tx,
+  return Run(config=config, data=data, task=task, model=model, eval_model=eval_model,
+             unit_rate_tx=tx,
              loss_fn=task.make_loss(config.loss), initializer=initializer, state=state,
              train_rng=train_rng, learning_rate=lr, total_steps=budget,
              steps_per_epoch=steps_per_epoch, microbatches=parts,

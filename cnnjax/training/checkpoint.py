@@ -78,7 +78,7 @@ class Checkpointer:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, template, *, before: int | None = None):
+  def restore_latest(self, template):
     """The newest checkpoint that restores, as ``(step, state, meta)``, or None.
 
     A checkpoint that fails to restore (truncated or corrupt files) is
@@ -89,8 +89,6 @@ class Checkpointer:
     """
     unreadable = []
     for step in reversed(self.steps()):
-      if before is not None and step >= before:
-        continue
       try:
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(template), meta=ocp.args.JsonRestore()))

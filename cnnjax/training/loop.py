@@ -36,6 +36,8 @@ __all__ = ["Diverged", "Interrupted", "RunError", "config_to_dict", "results_tab
 
 # How often (seconds) the progress bar's running metrics are refreshed between log steps.
 _DISPLAY_SECONDS = 0.25
+# The layout of a checkpoint's bookkeeping; checkpoints of another layout are refused.
+META_FORMAT = 2
 
 
 def config_to_dict(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -91,15 +93,23 @@ class _Trainer:
     self.main = self.par.is_main_process
     self.pindex, self.pcount = jax.process_index(), jax.process_count()
     self.progress = reporting.Progress(0, mode=config.progress, enabled=self.main)
-    self._build(resolved)
-    self._restore()
-    self._compile()
+    self.checkpointer = self.writer = None
+    self._build()
+    try:
+      self._restore()
+      self._compile()
+      self.stop.check_startup()
+      self._open_outputs(resolved)
+    except BaseException:
+      # A stop request or an error during start-up: release the files and threads.
+      self._close()
+      raise
     self.setup_seconds = time.perf_counter() - self.t_start
 
   # -- setup ------------------------------------------------------------------
 
-  def _build(self, resolved: dict[str, Any]) -> None:
-    from cnnjax.training import build, checkpoint, manifest  # pylint: disable=g-import-not-at-top
+  def _build(self) -> None:
+    from cnnjax.training import build  # pylint: disable=g-import-not-at-top
     c = self.config
     self.progress.stage(f"loading {c.dataset}, building {c.model}")
     self.run = run = build.build_run(c, parallel=self.par)
@@ -114,15 +124,6 @@ class _Trainer:
     self.template = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
         if isinstance(x, jax.Array) else x, run.state)
-    if self.main:
-      os.makedirs(self.workdir, exist_ok=True)
-      reporting.write_json(os.path.join(self.workdir, "config.json"), resolved)
-      reporting.write_json(os.path.join(self.workdir, "manifest.json"),
-                           manifest.build(resolved, self.par, self.workdir))
-    self.checkpointer = checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"),
-                                                keep=c.keep_checkpoints,
-                                                goal=self.task.headline_goal)
-    self.writer = reporting.MetricsWriter(self.workdir, enabled=self.main)
     self.policy = NonFinitePolicy(c.on_nonfinite, max_consecutive=c.max_consecutive_nonfinite)
     self.has_val = self.data.num_examples("validation") > 0
     self.pending: list[Any] = []   # device metrics of steps not yet fetched
@@ -131,21 +132,55 @@ class _Trainer:
     self.diverged_step: int | None = None
     self.last_save = time.perf_counter()
 
+  def _checkpointer(self):
+    from cnnjax.training import checkpoint  # pylint: disable=g-import-not-at-top
+    return checkpoint.Checkpointer(os.path.join(self.workdir, "checkpoints"),
+                                   keep=self.config.keep_checkpoints,
+                                   goal=self.task.headline_goal)
+
   def _restore(self) -> None:
-    self.step, state = 0, self.run.state
-    self._load_meta({"history": [], "epoch_sums": {}, "best_value": None, "best_epoch": None,
-                     "events": [], "train_seconds": 0.0, "lr_scale": 1.0})
-    restored = self.checkpointer.restore_latest(self.template)
-    if restored is not None:
-      self.step, state, meta = restored
-      self._load_meta(meta)
-      if self.main:
-        # Said even with progress="none": a resumed run must never look like a fresh one.
-        print(f"resuming from step {self.step} of {self.run.total_steps} ({self.workdir})",
-              file=sys.stderr, flush=True)
-      self.writer.truncate_after(self.step)
+    self.step, state, self.restored = 0, self.run.state, False
+    self._load_meta({"format": META_FORMAT, "history": [], "epoch_sums": {}, "best_value": None,
+                     "best_epoch": None, "events": [], "train_seconds": 0.0, "lr_scale": 1.0,
+                     "policy": {}})
+    # Nothing is created in the workdir before compilation has succeeded: a run stopped
+    # during start-up leaves no trace.
+    if os.path.isdir(os.path.join(self.workdir, "checkpoints")):
+      self.checkpointer = self._checkpointer()
+      restored = self.checkpointer.restore_latest(self.template)
+      if restored is not None:
+        self.step, state, meta = restored
+        if meta.get("format") != META_FORMAT:
+          raise RunError(f"workdir {self.workdir} holds checkpoints of an older cnnjax "
+                         f"(format {meta.get('format', 1)}, expected {META_FORMAT}); use a "
+                         "new --workdir")
+        self._load_meta(meta)
+        self.restored = True
+        if self.main:
+          # Said even with progress="none": a resumed run must never look like a fresh one.
+          print(f"resuming from step {self.step} of {self.run.total_steps} ({self.workdir})",
+                file=sys.stderr, flush=True)
     self.state = self.par.put_state(state)
     self.stop.check_startup()
+
+  def _open_outputs(self, resolved: dict[str, Any]) -> None:
+    """The workdir's files, once the run has compiled and is about to train."""
+    from cnnjax.training import manifest  # pylint: disable=g-import-not-at-top
+    if self.main:
+      os.makedirs(self.workdir, exist_ok=True)
+      reporting.write_json(os.path.join(self.workdir, "config.json"), resolved)
+      reporting.write_json(os.path.join(self.workdir, "manifest.json"),
+                           manifest.build(resolved, self.par, self.workdir))
+    if self.checkpointer is None:
+      self.checkpointer = self._checkpointer()
+    self.writer = reporting.MetricsWriter(self.workdir, enabled=self.main)
+    if self.restored:
+      self.writer.truncate_after(self.step)
+
+  def _close(self) -> None:
+    for resource in (self.writer, self.checkpointer):
+      if resource is not None:
+        resource.close()
 
   def _compile(self) -> None:
     """Compiles both steps once, ahead of time, so compilation is timed apart from training."""
@@ -166,10 +201,12 @@ class _Trainer:
     self.epoch_means = tracking.Means(meta["epoch_sums"])
     self.best = tracking.Best(self.task.headline_goal, meta["best_value"], meta["best_epoch"])
     self.train_seconds = meta["train_seconds"]
+    self.policy.load(meta.get("policy", {}))
 
   def _meta(self) -> dict[str, Any]:
     return {**self.meta, "epoch_sums": self.epoch_means.to_dict(), "best_value": self.best.value,
-            "best_epoch": self.best.epoch, "train_seconds": self.train_seconds}
+            "best_epoch": self.best.epoch, "train_seconds": self.train_seconds,
+            "policy": self.policy.to_dict()}
 
   def _eval_batches(self, split: str):
     return self.data.eval_batches(split, process_index=self.pindex, process_count=self.pcount)
@@ -193,6 +230,8 @@ class _Trainer:
       raise
     except Diverged as e:
       status = "diverged"
+      if self.diverged_step is None:
+        self.diverged_step = e.step
       self.meta["events"].append({"event": "stopped", "reason": str(e)})
       raise
     finally:
@@ -201,8 +240,7 @@ class _Trainer:
       # processes); only the main process writes.
       if status != "running":
         self.summary = self._finish(status)
-      self.writer.close()
-      self.checkpointer.close()
+      self._close()
     return self.summary
 
   def _epoch(self) -> None:
@@ -233,10 +271,13 @@ class _Trainer:
       self.writer.write({"step": step, "epoch": self.epoch, "split": "train",
                          **self.window.means(), "learning_rate": self.last.get("learning_rate"),
                          "grad_norm": self.last.get("grad_norm")})
+      self.writer.flush()
       self.progress.update(step, self.epoch, self.window.means(), log_line=True)
       self.window = tracking.Means()
-    elif self.progress.mode == "bar" and now - self.last_display > _DISPLAY_SECONDS:
-      # The newest step is probably still running: fetch only those before it.
+    elif (self.pcount == 1 and self.progress.mode == "bar"
+          and now - self.last_display > _DISPLAY_SECONDS):
+      # The newest step is probably still running: fetch only those before it. (With
+      # several processes the policy is applied only where all of them flush together.)
       self._flush(keep_last=1)
       self.progress.update(step, self.epoch, {**self.last, **self.window.means()})
       self.last_display = now
@@ -260,7 +301,11 @@ class _Trainer:
     fetched = [self.par.fetch(m) for m in self.pending[:n]]
     del self.pending[:n]
     for i, m in enumerate(fetched):
-      event = self.policy.check(first + i, m)
+      try:
+        event = self.policy.check(first + i, m)
+      except Diverged:
+        self.diverged_step = first + i
+        raise
       if event is not None:  # a skipped step
         self.meta["events"].append(event)
         self.writer.write({"step": first + i, "epoch": self.epoch, "split": "train", **event})
@@ -293,8 +338,11 @@ class _Trainer:
   def _epoch_end_save_due(self, improved: bool, stopping: bool) -> bool:
     """Whether an epoch end saves: a new best, the last epoch, a stop, or enough time since
     the last save. Resuming from any checkpoint gives the same result, so skipping one only
-    risks repeating work after a kill; each save costs ~40 ms of orbax bookkeeping."""
+    risks repeating work after a kill; each save costs ~40 ms of orbax bookkeeping. Under
+    ``rollback`` every epoch end saves: the checkpoint a rollback returns to must not
+    depend on the clock."""
     due = (improved or stopping or self.step >= self.run.total_steps
+           or self.config.on_nonfinite == "rollback"
            or time.perf_counter() - self.last_save >= self.config.checkpoint_every_seconds)
     # Saves are collective with several processes: they must agree (clocks differ).
     return self.par.any_process(due) if self.pcount > 1 else due
@@ -309,6 +357,7 @@ class _Trainer:
       improved = self.best.update(val[self.task.headline], epoch)
     record = tracking.epoch_record(epoch, self.step, means, self.train_names, val)
     self.meta["history"].append(record)
+    self.writer.flush()
     stopping = self._stop_requested(True)
     if self._epoch_end_save_due(improved, stopping):
       self._save(best=val[self.task.headline] if improved else None)
@@ -316,9 +365,9 @@ class _Trainer:
       raise self._interrupted()
     if val is not None:
       shown = self.progress.metrics
-      self.progress.message(f"epoch {epoch}/{run.num_epochs}: " + _pairs(
-          {f"train {k}": record[f"train_{k}"] for k in shown if f"train_{k}" in record}
-          | {f"val {k}": val[k] for k in shown if k in val}))
+      train = _pairs({k: record[f"train_{k}"] for k in shown if f"train_{k}" in record})
+      self.progress.message(f"epoch {epoch}/{run.num_epochs}  train {train}  val "
+                            + _pairs({k: val[k] for k in shown if k in val}))
 
   def _evaluate(self, split: str) -> dict[str, Any]:
     sums = tracking.summed(self.eval_fn, self.state, self._eval_batches(split),
@@ -337,7 +386,7 @@ class _Trainer:
       kept = (f"the last checkpoint before it (step {steps[-1]}) is in "
               f"{self.checkpointer.directory}" if steps else "no checkpoint was saved before it")
       raise Diverged(f"training diverged: the {e.metric} became non-finite at step {e.step} "
-                     f"(on_nonfinite='stop'); {kept}")
+                     f"(on_nonfinite='stop'); {kept}", e.step)
     self._rollback(e)
 
   def _rollback(self, e: NonFiniteStep) -> None:
@@ -350,18 +399,23 @@ class _Trainer:
     back = self.checkpointer.restore_latest(self.template)
     if back is None:
       step, state, meta = 0, self.initial, {**self.meta, "history": [], "epoch_sums": {},
-                                            "best_value": None, "best_epoch": None,
-                                            "train_seconds": self.train_seconds}
+                                            "best_value": None, "best_epoch": None}
     else:
       step, state, meta = back
-    self._load_meta({**meta, "events": events, "lr_scale": lr_scale})
+    # Wall time already spent stays counted; the policy's own counters go on as well.
+    policy, seconds = self.policy.to_dict(), self.train_seconds
+    self._load_meta({**meta, "events": events, "lr_scale": lr_scale, "policy": policy,
+                     "train_seconds": seconds})
     self.step = step
     self.state = self.par.put_state(self.run.with_learning_rate_scale(state, lr_scale))
     self.pending.clear()
+    self.window, self.last = tracking.Means(), {}
+    self.epoch = step // self.run.steps_per_epoch + 1
     self.writer.write({"step": step, "epoch": self.epoch, "split": "train", "event": "rollback",
                        "lr_scale": lr_scale, "from_step": e.step})
     self.progress.message(f"non-finite {e.metric} at step {e.step}: rolled back to step {step}, "
                           f"learning rate x{lr_scale:g}")
+    self.progress.start(step, restart=True)
 
   # -- the end ----------------------------------------------------------------
 
@@ -373,6 +427,8 @@ class _Trainer:
       test = self._evaluate("test")
       summary.update({f"test_{k}": v for k, v in self.task.scalars(test).items()},
                      test_examples=test["count"])
+    # The task's own lines of the results table (reprinted runs show them too).
+    summary["report_rows"] = [list(row) for row in self.task.summary_rows(summary)]
     if not self.main:
       return summary
     c, plot_dir = self.config, os.path.join(self.workdir, "plots")
@@ -403,7 +459,7 @@ class _Trainer:
 
 
 def _pairs(values: dict[str, float]) -> str:
-  return ", ".join(f"{k} {reporting.format_value(v)}" for k, v in values.items())
+  return " ".join(f"{k} {reporting.format_value(v)}" for k, v in values.items())
 
 
 def _summary(t: _Trainer, status: str) -> dict[str, Any]:
@@ -426,6 +482,11 @@ def _summary(t: _Trainer, status: str) -> dict[str, Any]:
       "examples_per_sec": steps * c.batch_size / t.train_seconds if t.train_seconds else None,
       "parallel": t.par.mode, "devices": [str(d) for d in t.par.devices],
       "process_count": jax.process_count(), "versions": manifest.package_versions(),
+      # Steps up to the end (or the divergence) whose non-finite update the train step
+      # skipped (on_nonfinite="skip"); the state's nonfinite_count also counts steps that
+      # were dispatched after a divergence.
+      "skipped_steps": sum(1 for e in t.meta["events"]
+                           if e.get("event") == "nonfinite" and e.get("policy") == "skip"),
       **({"diverged_step": t.diverged_step} if t.diverged_step is not None else {}),
   }
 
@@ -444,6 +505,9 @@ def results_table(summary: dict[str, Any]) -> str:
       ["compile seconds", summary["compile_seconds"]],
       ["train seconds", summary["train_seconds"]],
       ["examples / second", summary.get("examples_per_sec")],
+      *[list(row) for row in summary.get("report_rows", [])],
       ["status", summary["status"]],
   ]
+  if summary.get("skipped_steps"):
+    rows.insert(-1, ["skipped steps (non-finite)", summary["skipped_steps"]])
   return reporting.table(rows, ["result", "value"])

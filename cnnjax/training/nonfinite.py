@@ -20,7 +20,11 @@ from typing import Any
 
 
 class Diverged(Exception):
-  """The loss or gradients became non-finite and the policy ends the run."""
+  """The loss or gradients became non-finite and the policy ends the run at ``step``."""
+
+  def __init__(self, message: str, step: int | None = None):
+    super().__init__(message)
+    self.step = step
 
 
 class NonFiniteStep(Exception):
@@ -66,7 +70,7 @@ class NonFinitePolicy:
     if self.consecutive > self.max_consecutive:
       raise Diverged(f"training diverged: {metric} non-finite for {self.consecutive} consecutive "
                      f"steps (up to step {step}); on_nonfinite='skip', "
-                     f"max_consecutive_nonfinite={self.max_consecutive}")
+                     f"max_consecutive_nonfinite={self.max_consecutive}", step)
     return self.event(step, metric)
 
   def event(self, step: int, metric: str) -> dict[str, Any]:
@@ -78,4 +82,12 @@ class NonFinitePolicy:
     self.consecutive = 0
     if self.rollbacks > self.max_consecutive:
       raise Diverged(f"training diverged: non-finite {error.metric} at step {error.step} after "
-                     f"{self.rollbacks - 1} rollbacks (on_nonfinite='rollback')")
+                     f"{self.rollbacks - 1} rollbacks (on_nonfinite='rollback')", error.step)
+
+  def to_dict(self) -> dict[str, int]:
+    """The counters, for checkpoint metadata (a resumed run continues them)."""
+    return {"consecutive": self.consecutive, "rollbacks": self.rollbacks}
+
+  def load(self, counters: Mapping[str, int]) -> None:
+    self.consecutive = int(counters.get("consecutive", 0))
+    self.rollbacks = int(counters.get("rollbacks", 0))
