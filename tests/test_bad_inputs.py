@@ -57,7 +57,7 @@ CASES = [
     ("unknown_task", ["--config.task=detection"], ["task='detection'", "classification"]),
     ("classification_loss_for_segmentation",
      ["--config.task=segmentation", "--config.dataset=digit_scenes", "--config.model=fcn",
-      "--config.loss.name=binary_cross_entropy"],
+      "--config.augment.crop_padding=0", "--config.loss.name=binary_cross_entropy"],
      ["binary_cross_entropy", "segmentation", "[dice, dice_cross_entropy, focal"]),
     ("vector_model_for_segmentation",
      ["--config.task=segmentation", "--config.dataset=digit_scenes"],
