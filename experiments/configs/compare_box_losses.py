@@ -2,7 +2,11 @@
 
     python -m experiments.compare --config=experiments/configs/compare_box_losses.py
 
-(measured below)
+21 runs of `localization.py` (4 epochs each) in one vmapped program. Not measured yet:
+one run of that config takes 45-55 s of CPU time (user + sys) on the 2-core machine, so
+the study needs about 21 x 50 s = 17 CPU-minutes before vmapping's savings: about 9
+minutes of wall time on both cores of an otherwise idle machine, at the edge of a
+10-minute study; on the shared machine it could not be run in the time available.
 """
 
 import ml_collections
