@@ -65,7 +65,8 @@ def test_scenes_hold_what_was_pasted(digits, composed):
       ys, xs = np.nonzero(seg == 1 + digit)
       own = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)
       assert own.any()
-      assert (ys[own].min(), xs[own].min(), ys[own].max() + 1, xs[own].max() + 1) == (y0, x0, y1, x1)
+      tight = (ys[own].min(), xs[own].min(), ys[own].max() + 1, xs[own].max() + 1)
+      assert tight == (y0, x0, y1, x1)
       found = _find_patch(canvas, images[src, ..., 0], (y0, x0, y1, x1))
       assert found is not None, (i, j)
       r, c, patch = found

@@ -1,9 +1,9 @@
 """Finding prepared datasets on disk and reading them through `tfds.data_source`.
 
 Nothing here downloads. The embedded datasets (`EMBEDDED`: digits, built from
-scikit-learn's copy, and the digit scenes composed from it) are prepared on first use; every other dataset must already be
-prepared as array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
-`DatasetNotFoundError` is raised at once.
+scikit-learn's copy, and the digit scenes composed from it) are prepared on first use;
+every other dataset must already be prepared as array_record under ``data_dir`` (see
+`cnnjax.data.prepare`), otherwise `DatasetNotFoundError` is raised at once.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ def has_batch_norm(name: str) -> bool:
 
 
 def output_kind(name: str) -> str:
-  """``"vector"`` ([N, num_classes]) or ``"per_pixel"`` ([N, H, W, num_classes]) for model ``name``."""
+  """``"vector"`` ([N, num_classes]) or ``"per_pixel"`` ([N, H, W, num_classes]) for ``name``."""
   _check_name(name)
   return _module_class(MODELS[name]).output_kind
 

@@ -52,8 +52,8 @@ class LocalizationCNN(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = LocalizationCNN(num_classes=14)
     >>> x = jnp.zeros((2, 32, 48, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 14)
 
   Attributes (besides `BatchNormClassifier`'s):
@@ -84,7 +84,8 @@ class LocalizationCNN(BatchNormClassifier):
 
 
 def _windows(features: jax.Array, size: int) -> jax.Array:
-  """``[N, W, C] -> [N, W, size * C]``: each column with the ``size - 1`` after it (zeros past the end)."""
+  """``[N, W, C] -> [N, W, size * C]``: each column with the ``size - 1`` after it (zeros
+  past the end)."""
   w = features.shape[1]
   padded = jnp.pad(features, ((0, 0), (0, size - 1), (0, 0)))
   return jnp.concatenate([padded[:, k:k + w] for k in range(size)], axis=-1)
@@ -112,8 +113,8 @@ class CountingReader(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = CountingReader(num_classes=33)
     >>> x = jnp.zeros((2, 32, 48, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 33)
 
   Attributes (besides `BatchNormClassifier`'s):

@@ -52,8 +52,8 @@ class UNet(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = UNet(num_classes=11)
     >>> x = jnp.zeros((2, 32, 48, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 32, 48, 11)
   """
   widths: Sequence[int] = (16, 32, 64)
@@ -97,8 +97,8 @@ class FCN(BatchNormClassifier):
     >>> import jax, jax.numpy as jnp
     >>> model = FCN(num_classes=11)
     >>> x = jnp.zeros((2, 32, 48, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> model.apply(variables, x, train=False).shape
+    >>> variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    >>> jax.eval_shape(lambda v: model.apply(v, x, train=False), variables).shape
     (2, 32, 48, 11)
   """
   stages: Sequence[Sequence[int]] = ((16, 16), (32, 32), (64, 64))

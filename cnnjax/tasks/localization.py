@@ -72,7 +72,7 @@ class Localization(Task):
     return list(BOX_LOSSES)
 
   def boxes(self, outputs: jax.Array) -> jax.Array:
-    """The predicted boxes ``(y0, x0, y1, x1)`` in pixels, ``[B, 4]``, from outputs ``[B, 4 + C]``."""
+    """The predicted boxes ``(y0, x0, y1, x1)`` in pixels ``[B, 4]`` from outputs ``[B, 4 + C]``."""
     h, w = self.info.image_shape[:2]
     scale = jnp.asarray([h, w], outputs.dtype)
     fractions = jax.nn.sigmoid(outputs[:, :4])
