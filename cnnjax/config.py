@@ -44,12 +44,13 @@ LOSS_OPTIONS: dict[str, type] = {
     "margin": float,           # multi_margin, contrastive, hinge_embedding, triplet_margin
     "p": float,                # multi_margin (1 or 2), triplet_margin (norm degree)
     "epsilon": float,          # poly1_cross_entropy
-    "eps": float,              # gaussian_nll, poisson, triplet_margin
+    "eps": float,              # gaussian_nll, poisson, triplet_margin, iou, giou
     "smooth": float,           # dice, tversky, dice_cross_entropy
     "dice_weight": float,      # dice_cross_entropy
     "ce_weight": float,        # dice_cross_entropy
     "class_weights": tuple,    # sparse_categorical_cross_entropy, multi_margin: [num_classes]
-    "ignore_index": int,       # sparse_categorical_cross_entropy
+    "ignore_index": int,       # sparse_categorical_cross_entropy; every segmentation loss
+    "class_loss_weight": float,  # localization: weight of the class cross-entropy (None = 1)
     "swap": bool,              # triplet_margin
     "full": bool,              # gaussian_nll
     "q": float,                # generalized_cross_entropy
@@ -391,6 +392,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"task={config.task!r} needs {missing} in every example; dataset="
                      f"{config.dataset!r} has {list(info.fields)}; use one of {fits}")
   task = tasks.get_task(config.task, info, config=config)
+  _check_task_fit(config, task)
   task.check_loss(config.loss)
   optimizers.validate(config.optimizer)
   task.check_config(config)
@@ -451,6 +453,26 @@ def _assign(node: ml_collections.ConfigDict, values: Mapping[str, Any], prefix: 
     if isinstance(value, list) and issubclass(node.get_type(key), tuple):
       value = tuple(value)
     node[key] = value
+
+
+def _check_task_fit(config: ml_collections.ConfigDict, task) -> None:
+  """The model gives what the task reads, and augmentation is sound for the task."""
+  from cnnjax import models  # pylint: disable=g-import-not-at-top
+  kind = models.output_kind(config.model) if config.model in models.MODELS else None
+  if kind is not None and kind != task.model_output:
+    fits = [m for m in task.model_names()
+            if m in models.MODELS and models.output_kind(m) == task.model_output]
+    what = {"vector": "one output vector per image", "per_pixel": "per-pixel logits"}
+    raise ValueError(f"model={config.model!r} gives {what[kind]}; task={config.task!r} needs "
+                     f"{what[task.model_output]}: use one of {fits}")
+  if not task.image_only_augmentation:
+    schema = get_config().augment
+    changed = sorted(k for k in schema if config.augment[k] != schema[k])
+    if changed:
+      raise ValueError(f"augment.{changed[0]}={config.augment[changed[0]]!r}: augmentation "
+                       f"moves only the image, and task={config.task!r} has labels (masks, "
+                       "boxes, reading order) that would have to move with it; leave every "
+                       "augment key at its default")
 
 
 def loss_options(loss_config: ml_collections.ConfigDict) -> dict[str, Any]:

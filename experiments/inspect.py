@@ -5,7 +5,9 @@ r"""Layer table (and optionally activation statistics) of a cnnjax model.
         --model=resnet20 --input_shape=32,32,3 --activations
 
 The model and input shape come from the config (``config.model``, and the image
-shape of ``config.dataset``); ``--model`` and ``--input_shape`` override them.
+shape of ``config.dataset``); ``--model`` and ``--input_shape`` override them. The
+output width is what ``config.task`` asks of the model (`cnnjax.tasks.Task.output_size`:
+the classes for classification, 4 + classes for localization, ...).
 The table lists every submodule call with its output shape, its own parameters
 and its forward FLOPs per example (2 x multiply-adds of convs and dense layers).
 
@@ -26,7 +28,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from cnnjax import inspection, models
+from cnnjax import inspection, models, tasks
 from cnnjax.data import catalog
 from cnnjax.inspection import parse_shape
 from experiments import cli
@@ -48,6 +50,15 @@ def sample_batch(dataset: str, shape: tuple[int, int, int], n: int,
     from sklearn.datasets import load_digits  # embedded in scikit-learn: no download
     images = load_digits().images[:n].astype(np.float32) / 16.0
     return images[..., None], f"the first {len(images)} sklearn digits images, scaled to [0, 1]"
+  from cnnjax.data import builders, scenes  # pylint: disable=g-import-not-at-top
+  scene_builder = {"digit_scenes": builders.DigitScenes,
+                   "digit_scenes_single": builders.DigitScenesSingle}.get(dataset)
+  if scene_builder is not None and shape == (*scene_builder.SPEC.canvas, 1):
+    digits, labels = builders.digits_arrays()["test"]
+    composed = scenes.compose(digits, labels, n, scene_builder.SPEC, key=seed)
+    return (composed["image"].astype(np.float32) / 255.0,
+            f"{n} {dataset} scenes composed from the sklearn digits test split (key {seed}), "
+            "scaled to [0, 1]")
   rng = np.random.default_rng(seed)
   return (rng.random((n, *shape), dtype=np.float32),
           f"{n} uniform random images in [0, 1) (no real data used)")
@@ -61,16 +72,17 @@ def main(argv: Sequence[str]) -> None:
   info = catalog.dataset_info(config.dataset)
   name = _MODEL.value or config.model
   try:
+    outputs = tasks.get_task(config.task, info).output_size
     shape = parse_shape(_INPUT_SHAPE.value) if _INPUT_SHAPE.value else info.image_shape
-    model = models.get_model(name, num_classes=info.num_classes, dtype=config.dtype,
+    model = models.get_model(name, num_classes=outputs, dtype=config.dtype,
                              dropout_rate=config.dropout_rate)
     x = jax.ShapeDtypeStruct((1, *shape), jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
   except (ValueError, TypeError) as e:  # unknown model, bad shape, input too small
     cli.fail(str(e), exc=e)
   rows = inspection.layer_table(model, shape, variables=variables)
-  print(f"{name} on {'x'.join(map(str, shape))} inputs, {info.num_classes} classes "
-        f"(dtype {config.dtype})")
+  print(f"{name} on {'x'.join(map(str, shape))} inputs, {outputs} outputs for task "
+        f"{config.task!r} (dtype {config.dtype})")
   print(inspection.format_table(
       rows, batch_stats=inspection.count_params(variables.get("batch_stats", {}))))
 

@@ -92,6 +92,45 @@ def count_resnet18(h, w, c):
   return total + dense(512, 10)
 
 
+def conv_bn(cin, cout):
+  return conv(3, cin, cout, False) + bn(cout)
+
+
+def count_unet(widths):
+  def count(h, w, c):
+    total, cin = 0, c
+    for width in widths:                      # encoder levels and the bottom: two units each
+      total += conv_bn(cin, width) + conv_bn(width, width)
+      cin = width
+    for level in range(len(widths) - 2, -1, -1):  # decoder: concat(skip, upsampled), two units
+      total += conv_bn(widths[level] + cin, widths[level]) + conv_bn(widths[level], widths[level])
+      cin = widths[level]
+    return total + conv(1, widths[0], 10)     # 1x1 head, with bias
+  return count
+
+
+def count_fcn(h, w, c):
+  backbone = (conv_bn(c, 16) + conv_bn(16, 16) + conv_bn(16, 32) + conv_bn(32, 32)
+              + conv_bn(32, 64) + conv_bn(64, 64))
+  # A 1x1 score conv on each stage's output (16, 32, 64 channels) and after the last pool.
+  return backbone + conv(1, 16, 10) + conv(1, 32, 10) + 2 * conv(1, 64, 10)
+
+
+def count_loc_cnn(h, w, c):
+  """Convs 16, 32, 64; a box head on the flattened map (hidden 128, 4 outputs) and a class
+  head on its maximum over positions (64 features, hidden 128, the other 6 outputs)."""
+  convs = conv_bn(c, 16) + conv_bn(16, 32) + conv_bn(32, 64)
+  flat = (h // 8) * (w // 8) * 64
+  return convs + dense(flat, 128) + dense(128, 4) + dense(64, 128) + dense(128, 6)
+
+
+def count_seq_reader(h, w, c):
+  """Convs 32, 64, 128, a conv across columns, the start unit, a head shared by the 3
+  positions reading 4 columns of 128 features and the mass, 11 symbols (33 outputs)."""
+  convs = conv_bn(c, 32) + conv_bn(32, 64) + conv_bn(64, 128) + conv_bn(128, 128)
+  return convs + dense(128, 1) + dense(4 * 128 + 1, 128) + dense(128, 11)
+
+
 COUNTS = {
     "simple_cnn": count_simple_cnn,
     "keras_cifar_cnn": count_keras_cifar_cnn,
@@ -103,16 +142,29 @@ COUNTS = {
     "vgg_small": count_vgg_small,
     "resnet20": count_resnet20,
     "resnet18": count_resnet18,
+    "unet_small": count_unet((16, 32, 64)),
+    "tiny_unet": count_unet((4, 8)),
+    "fcn": count_fcn,
+    "loc_cnn": count_loc_cnn,
+    "seq_reader": count_seq_reader,
 }
 
 # Smallest accepted side, derived in each model's docstring; None = any size.
 MIN_SIDE = {"simple_cnn": 4, "keras_cifar_cnn": 18, "mnist_cnn": None, "lenet5": 12,
             "bn_cnn": 4, "tiny_cnn": 4, "vgg_small": 8, "resnet20": None, "resnet18": None,
-            "embedding_cnn": 4}
+            "embedding_cnn": 4, "loc_cnn": 8, "seq_reader": None, "unet_small": None,
+            "tiny_unet": None, "fcn": None}
+# Models whose sides must divide by this (2x pools with 2x upsampling, or no padding).
+DIVISOR = {"unet_small": 4, "tiny_unet": 2, "fcn": 8, "seq_reader": 4}
+# Output width where 10 does not fit (seq_reader: 3 positions x 11 symbols).
+OUTPUTS = {"seq_reader": 33}
+# Models with an output per pixel.
+PER_PIXEL = ("fcn", "tiny_unet", "unet_small")
 
 
 def supported(name, shape):
-  return MIN_SIDE[name] is None or shape[0] >= MIN_SIDE[name]
+  return ((MIN_SIDE[name] is None or shape[0] >= MIN_SIDE[name])
+          and shape[0] % DIVISOR.get(name, 1) == 0)
 
 
 def abstract_init(model, shape, batch=2):
@@ -126,7 +178,7 @@ def real_init(name, shape):
 
   Cached and jitted: one compiled program per model and shape, shared by tests.
   """
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   return jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(
       jnp.zeros((1, *shape)))
 
@@ -142,9 +194,11 @@ def test_every_model_has_a_reference_count():
 @pytest.mark.parametrize("name", sorted(models.MODELS))
 def test_parameter_counts(name):
   for shape in SHAPES:
-    model = models.get_model(name, num_classes=10)
+    model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
     if not supported(name, shape):
-      with pytest.raises(ValueError, match=f"at least {MIN_SIDE[name]}x{MIN_SIDE[name]}"):
+      match = (f"divisible by {DIVISOR[name]}" if name in DIVISOR
+               else f"at least {MIN_SIDE[name]}x{MIN_SIDE[name]}")
+      with pytest.raises(ValueError, match=match):
         abstract_init(model, shape)
       continue
     assert n_params(abstract_init(model, shape)["params"]) == COUNTS[name](*shape), shape
@@ -201,10 +255,10 @@ def test_get_model_errors_and_bn_options():
 # --- Training. ------------------------------------------------------------------
 def _train_losses(name, shape, steps, lr, batch=4):
   """Plain SGD on one fixed batch; returns the loss before each step."""
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   kx, ky = jax.random.split(jax.random.key(1))
   x = jax.random.uniform(kx, (batch, *shape))
-  y = jax.random.randint(ky, (batch,), 0, 10)
+  y = jax.random.randint(ky, (batch, *shape[:2]) if name in PER_PIXEL else (batch,), 0, 10)
   variables = real_init(name, shape)
   params, stats = variables["params"], variables.get("batch_stats", {})
   dropout_key = jax.random.key(2)  # fixed mask: the loss is a function of params only
@@ -215,7 +269,7 @@ def _train_losses(name, shape, steps, lr, batch=4):
       logits, new = model.apply({"params": p, "batch_stats": stats}, x, train=True,
                                 mutable=["batch_stats"], rngs={"dropout": dropout_key})
       logp = jax.nn.log_softmax(logits)
-      return -jnp.take_along_axis(logp, y[:, None], axis=1).mean(), new
+      return -jnp.take_along_axis(logp, y[..., None], axis=-1).mean(), new
     (loss, new), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     return params, new.get("batch_stats", {}), loss
@@ -234,7 +288,9 @@ def _train_losses(name, shape, steps, lr, batch=4):
 TRAIN_SHAPE = {"simple_cnn": (32, 32, 3), "keras_cifar_cnn": (32, 32, 3),
                "mnist_cnn": (28, 28, 1), "lenet5": (28, 28, 1), "bn_cnn": (8, 8, 1),
                "tiny_cnn": (8, 8, 1), "vgg_small": (8, 8, 1), "resnet20": (8, 8, 1),
-               "resnet18": (8, 8, 1), "embedding_cnn": (8, 8, 1)}
+               "resnet18": (8, 8, 1), "embedding_cnn": (8, 8, 1), "fcn": (8, 8, 1),
+               "loc_cnn": (8, 8, 1), "seq_reader": (8, 8, 1), "tiny_unet": (8, 8, 1),
+               "unet_small": (8, 8, 1)}
 TRAIN_CASES = [
     pytest.param(name, TRAIN_SHAPE[name],
                  marks=[pytest.mark.slow] if name in ("resnet18", "vgg_small") else [])
@@ -298,8 +354,8 @@ def test_mnist_cnn_default_dropout_is_half():
 def test_bfloat16_compute(name):
   shape = TRAIN_SHAPE[name]  # the initialized variables are shared with the training test
   x = jax.random.uniform(jax.random.key(0), (2, *shape))
-  m32 = models.get_model(name, num_classes=10)
-  m16 = models.get_model(name, num_classes=10, dtype=jnp.bfloat16)
+  m32 = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
+  m16 = models.get_model(name, num_classes=OUTPUTS.get(name, 10), dtype=jnp.bfloat16)
   variables = real_init(name, shape)
   # bfloat16 compute does not change what init creates: float32 everywhere.
   abstract16 = jax.eval_shape(lambda: m16.init(jax.random.key(1), x, train=False))
@@ -418,7 +474,7 @@ def test_convs_and_pools_only_through_fast_ops(name, monkeypatch):
   monkeypatch.setattr(fast_ops, "conv2d", conv_spy)
   monkeypatch.setattr(fast_ops, "max_pool", pool_spy)
   monkeypatch.setattr(fast_ops, "avg_pool", pool_spy)  # same shapes; numerics irrelevant here
-  model = models.get_model(name, num_classes=10)
+  model = models.get_model(name, num_classes=OUTPUTS.get(name, 10))
   x = jnp.zeros((2, 32, 32, 3))
   variables = abstract_init(model, (32, 32, 3))
   calls.update(conv=0, pool=0)

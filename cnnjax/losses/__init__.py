@@ -10,7 +10,8 @@ returning one value per example (``[batch]``); the caller reduces with `reduce`.
     Array(1.3862944, dtype=float32)
 
 `for_classification` adapts any loss that can train a classifier to the
-``(logits [B, C], integer labels [B])`` pair a training loop has.
+``(logits [B, C], integer labels [B])`` pair a training loop has; `for_segmentation`
+adapts the dense losses to ``(logits [B, H, W, C], labels [B, H, W])``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
+from cnnjax.losses import dense as _dense
 from cnnjax.losses._checks import names_list as _names_list
+from cnnjax.losses.boxes import box_iou, giou, iou
 from cnnjax.losses.classification import (
     binary_cross_entropy, binary_focal, categorical_cross_entropy, focal, kl_divergence,
     poly1_cross_entropy, sparse_categorical_cross_entropy, valid_mask)
@@ -66,6 +69,8 @@ _LOSSES: dict[str, LossFn] = {
         contrastive, triplet_margin,
         # Dense prediction.
         dice, tversky, dice_cross_entropy,
+        # Bounding boxes.
+        iou, giou,
         # Sequences.
         sequence_cross_entropy,
         # Generative.
@@ -129,6 +134,9 @@ ALIASES: dict[str, str] = {
     "dice_loss": "dice",
     "tversky_loss": "tversky",
     "dice_ce": "dice_cross_entropy",
+    "iou_loss": "iou",
+    "giou_loss": "giou",
+    "generalized_iou": "giou",
     "sequence_ce": "sequence_cross_entropy",
     "seq_ce": "sequence_cross_entropy",
     "gan_d": "gan_discriminator",
@@ -304,9 +312,23 @@ def options_of(name: str) -> list[str]:
   return sorted(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def _checked_options(canonical: str, options: dict[str, Any]) -> dict[str, Any]:
-  """``options`` without the unset (None) ones; raises ValueError for one the loss lacks."""
-  accepted = [o for o in options_of(canonical) if o not in _FIXED]
+def accepted_options(canonical: str, extra: tuple[str, ...] = ()) -> list[str]:
+  """The options a config may set for loss ``canonical`` (adapter-fixed ones excluded)."""
+  return sorted({o for o in options_of(canonical) if o not in _FIXED} | set(extra))
+
+
+def checked_options(canonical: str, options: dict[str, Any],
+                    extra: tuple[str, ...] = ()) -> dict[str, Any]:
+  """``options`` without the unset (None) ones; raises ValueError for one the loss lacks.
+
+  ``extra`` names options an adapter adds to the loss's own (e.g. ``ignore_index``).
+  """
+  return _checked_options(canonical, options, extra)
+
+
+def _checked_options(canonical: str, options: dict[str, Any],
+                     extra: tuple[str, ...] = ()) -> dict[str, Any]:
+  accepted = accepted_options(canonical, extra)
   opts = {k: v for k, v in options.items() if v is not None}
   for key in sorted(opts):
     if key not in accepted:
@@ -415,8 +437,49 @@ def for_classification(name: str, *, num_classes: int,
   return per_example
 
 
+def segmentation_names() -> list[str]:
+  """Sorted canonical names usable with `for_segmentation`."""
+  return sorted(_dense.SEGMENTATION_LOSSES)
+
+
+def for_segmentation(name: str, *, num_classes: int, **options: Any) -> _dense.PixelLoss:
+  """Adapts loss ``name`` to ``(logits [B, ..., C], integer labels [B, ...]) -> [B]``.
+
+  Pixels are reduced inside the loss (see `cnnjax.losses.dense`): cross-entropy and
+  focal average over the example's valid pixels; Dice and Tversky are computed per
+  class over those pixels and averaged over the classes; ``ignore_index`` (any loss)
+  takes pixels with that label out of every sum. Options set to None are dropped;
+  the rest are checked now, by tracing the loss once on abstract inputs.
+
+  Args:
+    name: a loss name or alias from `segmentation_names`.
+    num_classes: classes per pixel (background included).
+    **options: the loss's keyword options (`options_of`) and ``ignore_index``.
+
+  Raises:
+    ValueError: a loss that does not fit per-pixel labels, or an option it lacks.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> fn = for_segmentation("dice", num_classes=2, smooth=0.0)
+    >>> logits = jnp.array([[[9.0, -9.0], [-9.0, 9.0]]])  # 2 pixels, both right
+    >>> fn(logits, jnp.array([[0, 1]])).round(4)
+    Array([0.], dtype=float32)
+  """
+  canonical = canonical_name(name)
+  if canonical not in _dense.SEGMENTATION_LOSSES:
+    raise ValueError(f"loss.name={name!r} does not fit per-pixel class labels (task "
+                     f"'segmentation'); use one of {_names_list(segmentation_names())}")
+  opts = _checked_options(canonical, options, extra=("ignore_index",))
+  per_example = _dense.pixel_loss(canonical, num_classes, opts)
+  jax.eval_shape(per_example, jax.ShapeDtypeStruct((2, 4, 4, num_classes), jnp.float32),
+                 jax.ShapeDtypeStruct((2, 4, 4), jnp.int32))
+  return per_example
+
+
 __all__ = [
-    "ALIASES", "canonical_name", "classification_names", "for_classification", "get",
-    "CLASS_STATISTICS", "class_balanced_weights", "ldam_margins",
-    "names", "options_of", "reduce", "valid_mask", *sorted(_LOSSES),
+    "ALIASES", "CLASS_STATISTICS", "accepted_options", "box_iou", "canonical_name",
+    "checked_options", "class_balanced_weights", "classification_names", "for_classification",
+    "for_segmentation", "get", "ldam_margins", "names", "options_of", "reduce",
+    "segmentation_names", "valid_mask", *sorted(_LOSSES),
 ]

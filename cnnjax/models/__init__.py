@@ -1,9 +1,11 @@
 """Flax Linen CNNs, by name.
 
 Every model is called as ``model.apply(variables, x, train=...)`` on NHWC images
-``x`` [N, H, W, C] and returns float32 logits [N, num_classes] (no softmax), or for
-``embedding_cnn`` an embedding of ``num_classes`` dimensions. A GAN's generator and
-discriminator are a pair with another contract: `GAN_MODELS` (`cnnjax.models.gan`).
+``x`` [N, H, W, C] and returns float32 logits [N, num_classes] (no softmax), except the
+segmentation models (``unet_small``, ``fcn``: `output_kind` ``"per_pixel"``), which
+return per-pixel logits [N, H, W, num_classes], and ``embedding_cnn``, an embedding of
+``num_classes`` dimensions. A GAN's generator and discriminator are a pair with another
+contract: `GAN_MODELS` (`cnnjax.models.gan`).
 Fields shared by all: ``num_classes``, ``dtype`` (compute dtype; parameters are
 always float32) and ``dropout_rate`` (None = the model's own default). BatchNorm
 models also take ``bn_axis_name`` and ``bn_ghost_batches`` (see
@@ -36,6 +38,8 @@ from cnnjax.models.classic import BNCNN, KerasCifarCNN, LeNet5, MnistCNN, Simple
 from cnnjax.models.embedding import EmbeddingCNN
 from cnnjax.models.gan import DCGAN, GAN_MODELS
 from cnnjax.models.resnet import BasicBlock, CifarResNet
+from cnnjax.models.scene import CountingReader, LocalizationCNN
+from cnnjax.models.segmentation import FCN, UNet
 from cnnjax.models.vgg import VGG
 
 ResNet20 = functools.partial(CifarResNet, stage_sizes=(3, 3, 3), widths=(16, 32, 64),
@@ -45,6 +49,8 @@ ResNet18 = functools.partial(CifarResNet, stage_sizes=(2, 2, 2, 2), widths=(64, 
 VGGSmall = functools.partial(VGG, stages=((64, 64), (128, 128), (256, 256)))
 # For fast tests elsewhere: one conv-BN-ReLU per stage, 4 and 8 channels (~1k params).
 TinyCNN = functools.partial(BNCNN, widths=(4, 8), convs_per_stage=1)
+# For fast tests of the segmentation task: one pool, 4 and 8 channels.
+TinyUNet = functools.partial(UNet, widths=(4, 8))
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "simple_cnn": SimpleCNN,
@@ -57,6 +63,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": ResNet18,
     "tiny_cnn": TinyCNN,
     "embedding_cnn": EmbeddingCNN,
+    "unet_small": UNet,
+    "fcn": FCN,
+    "tiny_unet": TinyUNet,
+    "loc_cnn": LocalizationCNN,
+    "seq_reader": CountingReader,
 }
 
 # Options that only say how to run BatchNorm; harmless to drop for models without it.
@@ -90,6 +101,12 @@ def model_fields(name: str) -> set[str]:
   """
   _check_name(name)
   return {f.name for f in dataclasses.fields(_module_class(MODELS[name]))} - {"parent", "name"}
+
+
+def output_kind(name: str) -> str:
+  """``"vector"`` ([N, num_classes]) or ``"per_pixel"`` ([N, H, W, num_classes]) for ``name``."""
+  _check_name(name)
+  return _module_class(MODELS[name]).output_kind
 
 
 def _check_name(name: str) -> None:
@@ -130,7 +147,8 @@ def get_model(name: str, *, num_classes: int, **kwargs: Any) -> nn.Module:
 
 
 __all__ = [
-    "BNCNN", "BasicBlock", "CifarResNet", "DCGAN", "EmbeddingCNN", "GAN_MODELS", "KerasCifarCNN", "LeNet5", "MODELS", "MnistCNN",
-    "ResNet18", "ResNet20", "SimpleCNN", "TinyCNN", "VGG", "VGGSmall", "get_model",
-    "has_batch_norm", "layers", "model_fields", "model_names",
+    "BNCNN", "BasicBlock", "CifarResNet", "CountingReader", "DCGAN", "EmbeddingCNN", "FCN",
+    "GAN_MODELS", "KerasCifarCNN", "LeNet5", "LocalizationCNN", "MODELS", "MnistCNN",
+    "ResNet18", "ResNet20", "SimpleCNN", "TinyCNN", "TinyUNet", "UNet", "VGG", "VGGSmall",
+    "get_model", "has_batch_norm", "layers", "model_fields", "model_names", "output_kind",
 ]

@@ -8,6 +8,7 @@ fc1, ...) so the layer table of `experiments/inspect.py` reads like them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import flax.linen as nn
 import jax
@@ -31,6 +32,9 @@ class Classifier(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float | None = None
   implementation: str = "auto"
+  # What the model returns per image: "vector" ([N, num_classes]) or "per_pixel"
+  # ([N, H, W, num_classes], the segmentation models). Tasks check it (`cnnjax.config`).
+  output_kind: ClassVar[str] = "vector"
 
 
 class BatchNormClassifier(Classifier):
@@ -74,14 +78,23 @@ def conv_bn_relu_stages(module: nn.Module, x: jax.Array, stages: Sequence[Sequen
   """
   for s, widths in enumerate(stages, start=1):
     for c, width in enumerate(widths, start=1):
-      x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=module.dtype,
-                      implementation=module.implementation, name=f"conv{s}_{c}")(x)
-      x = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
-                           ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
-                           name=f"bn{s}_{c}")(x)
-      x = layers.ReLU(name=f"relu{s}_{c}")(x)
+      x = conv_bn_relu(module, x, width, f"{s}_{c}", train=train)
     x = layers.MaxPool((2, 2), implementation=module.implementation, name=f"pool{s}")(x)
   return x
+
+
+def conv_bn_relu(module: nn.Module, x: jax.Array, width: int, suffix: str, *,
+                 train: bool) -> jax.Array:
+  """conv{suffix} (3x3, pad 1, no bias) -> bn{suffix} -> relu{suffix} in ``module``'s scope.
+
+  BatchNorm follows ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``.
+  """
+  x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=module.dtype,
+                  implementation=module.implementation, name=f"conv{suffix}")(x)
+  x = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
+                       ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
+                       name=f"bn{suffix}")(x)
+  return layers.ReLU(name=f"relu{suffix}")(x)
 
 
 def resolve_dropout(rate: float | None, default: float, model: str) -> float:

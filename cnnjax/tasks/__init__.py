@@ -11,13 +11,19 @@ See `cnnjax.tasks.base.Task` for the interface the trainer calls.
 
 from __future__ import annotations
 
-from cnnjax.tasks.base import Task, TaskLoss, masked_sum
+from cnnjax.tasks.base import Task, TaskLoss, confusion_matrix, masked_sum
 from cnnjax.tasks.classification import Classification
 from cnnjax.tasks.generation import Generation
+from cnnjax.tasks.localization import Localization
 from cnnjax.tasks.metric_learning import MetricLearning
+from cnnjax.tasks.segmentation import Segmentation
+from cnnjax.tasks.sequence import SequenceReading
 
 TASKS: dict[str, type[Task]] = {
     Classification.name: Classification,
+    Segmentation.name: Segmentation,
+    Localization.name: Localization,
+    SequenceReading.name: SequenceReading,
     MetricLearning.name: MetricLearning,
     Generation.name: Generation,
 }
@@ -43,4 +49,6 @@ def get_task(name: str, info, *, data=None, config=None) -> Task:
   return TASKS[name](info, data=data, config=config)
 
 
-__all__ = ["Classification", "Generation", "MetricLearning", "TASKS", "Task", "TaskLoss", "get_task", "masked_sum", "names"]
+__all__ = ["Classification", "Generation", "Localization", "MetricLearning", "Segmentation",
+           "SequenceReading", "TASKS", "Task", "TaskLoss", "confusion_matrix", "get_task",
+           "masked_sum", "names"]

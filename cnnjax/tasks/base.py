@@ -6,7 +6,12 @@ study call these and never look at a label themselves.
 
 * **Batch**: `batch_fields` names what a training batch holds besides ``image``;
   evaluation batches also hold ``mask`` (1 = a real example, 0 = padding).
-* **Head**: `output_size` is the width of the model's last layer.
+* **Head**: `output_size` is the width of the model's last layer; `model_output` says
+  whether the task reads one vector per image (``"vector"``) or one per pixel
+  (``"per_pixel"``): `cnnjax.config.validate` refuses a model of the other kind.
+* **Augmentation**: `image_only_augmentation` says whether the image-only
+  augmentations of `cnnjax.data.augment` are sound for the task (they are not when
+  masks or boxes would have to move with the image).
 * **Loss**: `make_loss(loss_config)` returns ``loss_fn(outputs, batch) -> [B]``, one
   value per example; the train step takes the plain mean.
 * **Training metrics**: `train_metrics(outputs, batch)` gives batch means (scalars)
@@ -24,8 +29,9 @@ study call these and never look at a label themselves.
 * **Headline**: `headline` (a key of `finalize`'s scalars) and `headline_goal`
   (``"max"`` or ``"min"``) pick the "best" checkpoint, what progress shows and how
   studies rank.
-* **Report**: `report(directory, final, title)` writes the task's own plots of the test
-  evaluation, `epoch_report(directory, epoch, final)` after each validation;
+* **Report**: `report(directory, final, title, examples)` writes the task's own plots of the test
+  evaluation (``examples``: the first `report_examples` test examples, every field, with
+  the model's ``outputs`` for them), `epoch_report(directory, epoch, final)` after each validation;
   `summary_rows(summary)` adds lines to the results table; `curve_metrics` names the
   panels of the learning curves. With `evaluate_at_start` the trainer also evaluates
   the initial state on the test split (reported as ``start_test_<metric>``).
@@ -70,6 +76,9 @@ class Task:
   headline_percent: ClassVar[bool] = True  # a fraction reports show in percent
   lower_is_better: ClassVar[tuple[str, ...]] = ("loss",)  # metrics where less is better
   evaluate_at_start: ClassVar[bool] = False  # also evaluate the initial state on test
+  model_output: ClassVar[str] = "vector"  # "vector" [B, output_size] or "per_pixel"
+  image_only_augmentation: ClassVar[bool] = True  # image-only augmentation is sound
+  report_examples: ClassVar[int] = 0  # test examples (with outputs) `report` receives
 
   def __init__(self, info, *, data=None, config: ml_collections.ConfigDict | None = None):
     self.info = info
@@ -205,9 +214,14 @@ class Task:
 
   # -- report -----------------------------------------------------------------
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
-    """Writes the task's plots of a test evaluation into ``directory``; returns file names."""
-    del directory, final, title
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    """Writes the task's plots of a test evaluation into ``directory``; returns file names.
+
+    ``examples``: the first `report_examples` test examples (every field, ``image``
+    in [0, 1]) with the model's ``outputs`` for them; None when not asked for.
+    """
+    del directory, final, title, examples
     return []
 
   def epoch_report(self, directory: str, epoch: int, final: Mapping[str, Any]) -> list[str]:
@@ -231,6 +245,22 @@ def unit_rate(optimizer_config: ml_collections.ConfigDict) -> ml_collections.Con
   section = ml_collections.ConfigDict(optimizer_config.to_dict())
   section.learning_rate = 1.0
   return section
+
+
+def confusion_matrix(labels: jax.Array, predictions: jax.Array, weights: jax.Array,
+                     num_classes: int) -> jax.Array:
+  """``[C, C]`` sum of ``weights`` per (true label, prediction) pair (rows: true label).
+
+  ``labels``, ``predictions`` and ``weights`` share their shape (any); a label outside
+  ``[0, C)`` matches no row, so it counts nowhere.
+
+  Examples:
+    >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), jnp.ones(3), 2)
+    Array([[1., 0.],
+           [1., 1.]], dtype=float32)
+  """
+  true = jax.nn.one_hot(labels.reshape(-1), num_classes) * weights.reshape(-1, 1)
+  return jnp.einsum("ni,nj->ij", true, jax.nn.one_hot(predictions.reshape(-1), num_classes))
 
 
 def masked_sum(values: jax.Array, mask: jax.Array) -> jax.Array:

@@ -14,7 +14,7 @@ import numpy as np
 from cnnjax import config as config_lib
 from cnnjax import losses as losses_lib
 from cnnjax import metrics as metrics_lib
-from cnnjax.tasks.base import Batch, Task, TaskLoss
+from cnnjax.tasks.base import Batch, Task, TaskLoss, confusion_matrix
 
 
 class Classification(Task):
@@ -113,9 +113,7 @@ class Classification(Task):
   def eval_sums(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
     labels, mask = batch["label"], batch["mask"]
     predictions = jnp.argmax(outputs, -1)
-    c = self.info.num_classes
-    confusion = jnp.einsum("b,bi,bj->ij", mask, jax.nn.one_hot(labels, c),
-                           jax.nn.one_hot(predictions, c))
+    confusion = confusion_matrix(labels, predictions, mask, self.info.num_classes)
     return {"correct": jnp.sum(mask * (predictions == labels)), "confusion": confusion,
             "calibration": metrics_lib.calibration_sums(outputs, labels, mask)}
 
@@ -167,7 +165,9 @@ class Classification(Task):
     return {k: np.asarray(final[k]).tolist() if isinstance(final[k], np.ndarray) else final[k]
             for k in keep if k in final}
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    del examples
     from cnnjax.reporting import plots  # pylint: disable=g-import-not-at-top
     plots.plot_confusion_matrix(final["confusion"], os.path.join(directory, "confusion_matrix.png"),
                                 f"{title} test: accuracy {final['accuracy']:.4f}")

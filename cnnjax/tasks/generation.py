@@ -284,7 +284,9 @@ class Generation(Task):
     task_plots.save_image_grid(final["samples"], os.path.join(directory, name))
     return [name]
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    del examples  # the plots here need no test examples
     from cnnjax.reporting import task_plots  # pylint: disable=g-import-not-at-top
     task_plots.plot_sample_grid(final["samples"], os.path.join(directory, "samples.png"),
                                 f"{title}: test FD {final['fd']:.3g} (floor "

@@ -293,7 +293,9 @@ class MetricLearning(Task):
     final["embeddings"], final["labels"] = embedding, q_labels
     return final
 
-  def report(self, directory: str, final: Mapping[str, Any], title: str) -> list[str]:
+  def report(self, directory: str, final: Mapping[str, Any], title: str,
+             examples: Mapping[str, np.ndarray] | None = None) -> list[str]:
+    del examples  # the plots here need no test examples
     from cnnjax.reporting import task_plots  # pylint: disable=g-import-not-at-top
     task_plots.plot_embedding_pca(
         final["embeddings"], final["labels"], os.path.join(directory, "embedding_pca.png"),

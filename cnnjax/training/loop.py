@@ -498,7 +498,7 @@ class _Trainer:
     if test is not None:
       self.writer.write({"step": self.step, "epoch": self.run.num_epochs, "split": "test",
                          **self.task.scalars(test)})
-      self.task.report(plot_dir, test, title)
+      self.task.report(plot_dir, test, title, self._report_examples())
     if self.meta.get("diagnostics"):
       curvature_plots.plot_diagnostics(
           self.meta["diagnostics"], os.path.join(plot_dir, "diagnostics.png"),
@@ -510,6 +510,19 @@ class _Trainer:
                                  metrics=self.task.curve_metrics)
     reporting.write_json(os.path.join(self.workdir, "summary.json"), summary)
     return summary
+
+
+  def _report_examples(self) -> dict[str, Any] | None:
+    """The first ``task.report_examples`` test examples with the model's outputs (host)."""
+    n = min(self.task.report_examples, self.data.num_examples("test"))
+    if not n:
+      return None
+    import functools  # pylint: disable=g-import-not-at-top
+    from cnnjax.training import steps  # pylint: disable=g-import-not-at-top
+    examples = {k: v[:n] for k, v in self.data.split_arrays("test").items()}
+    predict = jax.jit(functools.partial(steps.predict, apply_fn=self.run.eval_model.apply))
+    examples["outputs"] = jax.device_get(predict(self.par.fetch(self.state), examples["image"]))
+    return examples
 
 
 def _pairs(values: dict[str, float]) -> str:

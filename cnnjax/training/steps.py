@@ -242,6 +242,15 @@ def _apply_update(state, grads, new_stats, loss, metrics, skip_nonfinite: bool, 
   }
 
 
+def predict(state: TrainState, images: jax.Array, *,
+            apply_fn: Callable | None = None) -> jax.Array:
+  """The model's evaluation-mode outputs for ``images`` (EMA parameters when kept)."""
+  variables = {"params": state.eval_params()}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return (apply_fn or state.apply_fn)(variables, images, train=False)
+
+
 def eval_step(
     state: TrainState,
     batch: dict[str, jax.Array],
@@ -268,10 +277,7 @@ def eval_step(
   Returns:
     ``loss_sum``, ``count`` and the task's sums.
   """
-  variables = {"params": state.eval_params()}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  outputs = (apply_fn or state.apply_fn)(variables, batch["image"], train=False)
+  outputs = predict(state, batch["image"], apply_fn=apply_fn)
   per_example = loss_fn(outputs, batch)
   mask = batch["mask"]
   metrics = {"loss_sum": jnp.sum(jnp.where(mask > 0, per_example, 0.0)), "count": jnp.sum(mask),
