@@ -34,6 +34,47 @@ import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# The quick tier (the default `pytest`, CI) runs every test function, but of these
+# parametrized ones only their first cases; the others, and the tests in
+# `EXHAUSTIVE_TESTS`, are marked `slow` and run in the full tier
+# (`pytest -m "slow or not slow"`, README "Tests"). What is left out repeats a check
+# the quick tier makes on another shape, model or mode.
+QUICK_CASES = {
+    "test_conv2d_matmul_equals_lax": 2,
+    "test_conv2d_hybrid_equals_lax": 2,
+    "test_conv2d_hybrid_im2col_layouts_equal_lax": 2,
+    "test_conv_relu_max_pool_equals_separate_lax_ops": 2,
+    "test_pooling_equals_lax": 2,
+    "test_training_trajectory_matches_lax": 1,
+    "test_bfloat16_compute": 1,
+    "test_eval_mode_is_deterministic_and_pure": 2,
+    "test_real_dataset_config_trains_on_mock_data": 1,
+    "test_torch_twin_computes_what_the_cnnjax_model_computes": 3,
+}
+EXHAUSTIVE_TESTS = (
+    # Every model trains on a fixed batch in the quick tier except these larger ones
+    # (their forward and backward passes are checked by the inspection and fast_ops tests).
+    *(f"tests/test_models.py::test_trains_on_fixed_batch[{m}-" for m in (
+        "resnet18", "resnet20", "fcn", "unet_small", "vgg_small", "keras_cifar_cnn",
+        "mnist_cnn", "simple_cnn", "lenet5")),
+    "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_the_same_step",
+    "tests/test_diagnostics.py::test_landscape_command_writes_consistent_slices",
+    "tests/test_scene_tasks.py::test_parallel_modes_match_one_device",
+    "tests/test_scene_tasks.py::test_study_ranks_by_the_task_headline",
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by mark
+def pytest_collection_modifyitems(config, items):
+  del config
+  seen = {}
+  for item in items:
+    name = getattr(item, "originalname", item.name)
+    seen[name] = seen.get(name, 0) + 1
+    if (name in QUICK_CASES and seen[name] > QUICK_CASES[name]) or item.nodeid.startswith(
+        EXHAUSTIVE_TESTS):
+      item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

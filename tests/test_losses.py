@@ -558,7 +558,13 @@ CANONICAL = [
     "generalized_cross_entropy", "reverse_cross_entropy", "symmetric_cross_entropy",
     "normalized_cross_entropy", "nce_rce", "bootstrapped_cross_entropy",
     "logit_adjusted_cross_entropy", "ldam", "focal_sample_dependent", "brier",
-    "square_loss"]
+    # the edge-of-stability loss (every classification loss trains, below)
+    "square_loss",
+    # tests/test_scene_losses.py
+    "iou", "giou",
+    # tests/test_metric_learning.py and tests/test_generation.py
+    "supervised_contrastive", "gan_hinge_discriminator", "gan_hinge_generator",
+    "lsgan_discriminator", "lsgan_generator", "r1_penalty"]
 
 
 def test_names_and_aliases():

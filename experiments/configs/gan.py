@@ -7,7 +7,7 @@ networks (Radford et al.'s betas, a higher rate for these small networks), an EM
 generator's weights (0.999) for evaluation, 150 epochs (6,000 steps of each network),
 validated (and a sample grid written) every 5 epochs.
 
-Measured (2-core CPU; seeds 0, 1, 2; mean +- std), test split (360 images) in the features
+Expected, as measured (2-core CPU; seeds 0, 1, 2; mean +- std), test split (360 images) in the features
 of the cached reference classifier (bn_cnn, test accuracy 0.9972):
 
     Fréchet distance    17.72 +- 0.94  (floor, train vs test: 8.72; step 0: 415 +- 13)
