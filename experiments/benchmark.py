@@ -41,9 +41,13 @@ from cnnjax.training import build
 from experiments import cli
 
 FLAGS = flags.FLAGS
+# The models of the scene tasks (per-pixel, box and reading heads): not image classifiers,
+# so neither timed here nor given a PyTorch twin.
+SCENE_MODELS = ("fcn", "unet_small", "tiny_unet", "loc_cnn", "seq_reader")
+
 flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"],
-                  "Models to benchmark, or 'all' (every model of cnnjax.models but the "
-                  "test-only tiny_cnn).")
+                  "Models to benchmark, or 'all' (every image classifier of cnnjax.models "
+                  "but the test-only tiny_cnn).")
 flags.DEFINE_integer("batch_size", 128, "Training batch size.")
 flags.DEFINE_bool("compare_torch", False, "Also time the same model in PyTorch eager.")
 flags.DEFINE_string("output_json", "", "Write the results here as JSON.")
@@ -288,7 +292,7 @@ def main(argv: list[str]) -> None:
   del argv
   cli.configure_process(cache=False)  # compile_seconds is a compilation, not a cache load
   if FLAGS.models == ["all"]:
-    FLAGS.models = [m for m in models.model_names() if m != "tiny_cnn"]
+    FLAGS.models = [m for m in models.model_names() if m != "tiny_cnn" and m not in SCENE_MODELS]
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
     cli.fail(f"--models has unknown model(s) {unknown}; expected some of {models.model_names()}")

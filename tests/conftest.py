@@ -40,14 +40,13 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (`pytest -m "slow or not slow"`, README "Tests"). What is left out repeats a check
 # the quick tier makes on another shape, model or mode.
 QUICK_CASES = {
-    "test_conv2d_matmul_equals_lax": 2,
+    "test_conv2d_matmul_equals_lax": 1,
     "test_conv2d_hybrid_equals_lax": 2,
-    "test_conv2d_hybrid_im2col_layouts_equal_lax": 2,
-    "test_conv_relu_max_pool_equals_separate_lax_ops": 2,
-    "test_pooling_equals_lax": 2,
-    "test_training_trajectory_matches_lax": 1,
+    "test_conv2d_hybrid_im2col_layouts_equal_lax": 1,
+    "test_conv_relu_max_pool_equals_separate_lax_ops": 1,
+    "test_pooling_equals_lax": 1,
     "test_bfloat16_compute": 1,
-    "test_eval_mode_is_deterministic_and_pure": 2,
+    "test_eval_mode_is_deterministic_and_pure": 1,
     "test_real_dataset_config_trains_on_mock_data": 1,
     "test_torch_twin_computes_what_the_cnnjax_model_computes": 3,
 }
@@ -56,7 +55,19 @@ EXHAUSTIVE_TESTS = (
     # (their forward and backward passes are checked by the inspection and fast_ops tests).
     *(f"tests/test_models.py::test_trains_on_fixed_batch[{m}-" for m in (
         "resnet18", "resnet20", "fcn", "unet_small", "vgg_small", "keras_cifar_cnn",
-        "mnist_cnn", "simple_cnn", "lenet5")),
+        "mnist_cnn", "simple_cnn", "lenet5", "tiny_unet", "loc_cnn", "seq_reader")),
+    # End-to-end repeats of checks made op by op or in other tests.
+    "tests/test_fast_ops.py::test_training_trajectory_matches_lax",
+    "tests/test_fast_ops.py::test_models_fuse_only_in_training_and_keep_layers_for_inspection",
+    "tests/test_fast_ops.py::test_conv2d_hybrid_strides_leaving_rows_unread",
+    "tests/test_training.py::test_main_without_workdir_creates_a_timestamped_run",
+    "tests/test_training.py::test_microbatches_equal_one_batch_without_batchnorm",
+    "tests/test_inspection.py::test_command_line",
+    "tests/test_generation.py::test_r1_penalty_by_hand_and_through_the_step",
+    "tests/test_generation.py::test_train_step_updates_the_discriminator_then_the_generator",
+    "tests/test_robustness.py::test_divergence_",
+    "tests/test_robustness.py::test_corrupt_latest_checkpoint_is_skipped",
+    "tests/test_robustness.py::test_sigint_exits_130_with_checkpoint",
     "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_the_same_step",
     "tests/test_diagnostics.py::test_landscape_command_writes_consistent_slices",
     "tests/test_scene_tasks.py::test_parallel_modes_match_one_device",

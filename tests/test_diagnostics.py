@@ -114,7 +114,7 @@ def diagnosed_run(tmp_path_factory, data_dir):
   return workdir, summary, config
 
 
-def test_diagnostics_are_logged_and_reported(diagnosed_run):
+def test_diagnostics_are_logged_and_reported(diagnosed_run, read_event_tags):
   workdir, summary, _ = diagnosed_run
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     records = [json.loads(line) for line in f]
@@ -128,7 +128,6 @@ def test_diagnostics_are_logged_and_reported(diagnosed_run):
     assert key in summary, key
   assert summary["diagnostics_examples"] == 32 and summary["diagnostics_evaluations"] == 3
   assert os.path.getsize(os.path.join(workdir, "plots", "diagnostics.png")) > 0
-  from test_training import read_event_tags
   events = [os.path.join(workdir, "tensorboard", n)
             for n in os.listdir(os.path.join(workdir, "tensorboard"))]
   assert {"diagnostics/sharpness", "diagnostics/hessian_trace"} <= read_event_tags(events[0])
