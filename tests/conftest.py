@@ -49,6 +49,15 @@ QUICK_CASES = {
     "test_eval_mode_is_deterministic_and_pure": 1,
     "test_real_dataset_config_trains_on_mock_data": 1,
     "test_torch_twin_computes_what_the_cnnjax_model_computes": 3,
+    # Per-loss and per-optimizer properties: every loss and optimizer keeps its own
+    # reference-value test in the quick tier; these repeat a generic property over all.
+    "test_every_classification_loss_trains": 6,
+    "test_gradients_match_finite_differences": 8,
+    "test_jit_equals_eager_and_vmap_is_per_example": 15,
+    "test_finite_values_and_gradients_at_extremes": 16,
+    "test_every_name_decreases_least_squares": 8,
+    "test_scale_acts_on_every_named_optimizer": 6,
+    "test_signal_during_startup_ends_the_run_cleanly": 1,
 }
 EXHAUSTIVE_TESTS = (
     # Every model trains on a fixed batch in the quick tier except these larger ones
@@ -68,6 +77,20 @@ EXHAUSTIVE_TESTS = (
     "tests/test_robustness.py::test_divergence_",
     "tests/test_robustness.py::test_corrupt_latest_checkpoint_is_skipped",
     "tests/test_robustness.py::test_sigint_exits_130_with_checkpoint",
+    "tests/test_robustness.py::test_rerun_after_sigterm_equals_uninterrupted",
+    "tests/test_robustness.py::test_different_config_in_same_workdir_is_refused",
+    # Several processes (jax.distributed over gloo): the sharded multi-device path they
+    # share runs in the quick tier in one process (tests/test_parallel.py).
+    "tests/test_multiprocess.py::",
+    "tests/test_training.py::test_a_tie_keeps_the_best_epoch_the_summary_names",
+    "tests/test_training.py::test_evaluation_traces_plain_lax_under_auto",
+    "tests/test_training.py::test_other_seed_differs",
+    "tests/test_models.py::test_trains_on_fixed_batch[bn_cnn-",
+    "tests/test_models.py::test_mnist_cnn_default_dropout_is_half",
+    "tests/test_scene_tasks.py::test_resume_from_mid_run_checkpoint_is_identical",
+    "tests/test_diagnostics.py::test_logged_sharpness_is_the_hessians_top_eigenvalue",
+    "tests/test_diagnostics.py::test_batch_stats_modes_are_the_train_and_eval_losses",
+    "tests/test_diagnostics.py::test_train_mode_keeps_each_training_batch_apart",
     "tests/test_multiprocess.py::test_sigterm_to_one_process_stops_both_at_the_same_step",
     "tests/test_diagnostics.py::test_landscape_command_writes_consistent_slices",
     "tests/test_scene_tasks.py::test_parallel_modes_match_one_device",
