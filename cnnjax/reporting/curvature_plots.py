@@ -83,9 +83,15 @@ def plot_line(x: np.ndarray, curves: Mapping[str, np.ndarray], path: str, *, xla
     more = twin.get_legend_handles_labels()
     lines, labels = lines + more[0], labels + more[1]
   ax.legend(lines, labels, fontsize=8, loc="upper center")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(_wrapped(title), fontsize=9)
   fig.tight_layout()
   save(fig, path)
+
+
+def _wrapped(title: str, width: int = 64) -> str:
+  """``title`` with each line wrapped to ``width`` characters (a long run name fits)."""
+  import textwrap  # pylint: disable=g-import-not-at-top
+  return "\n".join(textwrap.fill(line, width) for line in title.split("\n"))
 
 
 def plot_contour(alpha: np.ndarray, beta: np.ndarray, loss: np.ndarray, path: str, *,
@@ -106,6 +112,6 @@ def plot_contour(alpha: np.ndarray, beta: np.ndarray, loss: np.ndarray, path: st
   ax.set_xlabel("direction 1 (filter-normalised)")
   ax.set_ylabel("direction 2 (filter-normalised)")
   ax.legend(fontsize=8, loc="upper right")
-  ax.set_title(title, fontsize=9)
+  ax.set_title(_wrapped(title), fontsize=9)
   fig.tight_layout()
   save(fig, path)
