@@ -57,6 +57,7 @@ import optax
 
 __all__ = [
     "LearningRateState",
+    "SwitchedState",
     "base_name",
     "decay_mask",
     "default_hyperparameter",
@@ -71,6 +72,9 @@ __all__ = [
     "learning_rate_scale",
     "scale_learning_rate",
     "set_learning_rate_scale",
+    "switch_index",
+    "switched",
+    "with_switch_index",
     "validate",
 ]
 
@@ -562,6 +566,13 @@ def learning_rate(opt_state: optax.OptState) -> jax.Array:
 
 
 def _lr_state(opt_state: optax.OptState) -> LearningRateState:
+  switch = _switched_state(opt_state)
+  if switch is not None:
+    # The rate of the transformation this state runs (``index``); every choice has one.
+    subs = [_lr_state(s) for s in switch.states]
+    pick = lambda xs: jnp.stack(xs)[switch.index]
+    return LearningRateState(pick([x.count for x in subs]), pick([x.scale for x in subs]),
+                             pick([x.learning_rate for x in subs]), None)
   found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_lr_state)
            if _is_lr_state(x)]
   if len(found) != 1:
@@ -598,7 +609,7 @@ def _check_factor(what: str, value: Any) -> None:
 
 
 def _replace_lr_state(opt_state, fn):
-  _lr_state(opt_state)  # raises unless there is exactly one
+  _lr_state(opt_state)  # raises unless there is exactly one (per switched choice)
   return jax.tree.map(lambda x: fn(x) if _is_lr_state(x) else x, opt_state,
                       is_leaf=_is_lr_state)
 
@@ -633,6 +644,82 @@ def set_learning_rate_scale(opt_state: optax.OptState,
     return x._replace(scale=scale, learning_rate=lr)
 
   return _replace_lr_state(opt_state, set_scale)
+
+
+# ------------------------------------------------- optimizer chosen by a value
+
+class SwitchedState(NamedTuple):
+  """State of `switched`: which transformation runs, and every choice's own state.
+
+  Attributes:
+    index: int32 ``[]``, the position of the transformation that updates.
+    states: one state per transformation (only ``states[index]`` ever changes).
+  """
+  index: jax.Array
+  states: tuple
+
+
+def switched(transformations) -> optax.GradientTransformationExtraArgs:
+  """One transformation that applies ``transformations[index]``, ``index`` a value in the
+  state (`with_switch_index`), so runs with different optimizers share one compiled step.
+
+  ``update`` is a `jax.lax.switch`: with a scalar index only the chosen transformation
+  runs, and the result is that transformation's own update and state. Under `jax.vmap`
+  the switch evaluates every choice and selects (correct, but each choice costs).
+  Each choice keeps its own rate wrapper: `learning_rate` reads the chosen one's, and
+  `set_learning_rate_scale` sets every choice's.
+
+  Example:
+    >>> tx = switched([optax.sgd(0.1), optax.sgd(1.0)])
+    >>> params = {"w": jnp.ones(2)}
+    >>> state = with_switch_index(tx.init(params), 1)
+    >>> updates, _ = tx.update({"w": jnp.ones(2)}, state, params)
+    >>> updates["w"].tolist()
+    [-1.0, -1.0]
+  """
+  txs = tuple(optax.with_extra_args_support(t) for t in transformations)
+  if not txs:
+    raise ValueError("switched needs at least one transformation")
+
+  def init(params):
+    return SwitchedState(jnp.zeros([], jnp.int32), tuple(t.init(params) for t in txs))
+
+  def branch(i):
+    def apply(updates, states, params, extra):
+      new, state_i = txs[i].update(updates, states[i], params, **extra)
+      return new, states[:i] + (state_i,) + states[i + 1:]
+    return apply
+
+  def update(updates, state, params=None, **extra_args):
+    new, states = jax.lax.switch(state.index, [branch(i) for i in range(len(txs))],
+                                 updates, state.states, params, extra_args)
+    return new, SwitchedState(state.index, states)
+
+  return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _is_switched(x: Any) -> bool:
+  return isinstance(x, SwitchedState)
+
+
+def _switched_state(opt_state: optax.OptState) -> SwitchedState | None:
+  found = [x for x in jax.tree.leaves(opt_state, is_leaf=_is_switched) if _is_switched(x)]
+  return found[0] if found else None
+
+
+def with_switch_index(opt_state: optax.OptState, index: int | jax.Array) -> optax.OptState:
+  """``opt_state`` (from `switched`) set to run transformation ``index``."""
+  if _switched_state(opt_state) is None:
+    raise ValueError("opt_state has no switched state; build it with switched()")
+  index = jnp.asarray(index, jnp.int32)
+  return jax.tree.map(lambda x: x._replace(index=index) if _is_switched(x) else x, opt_state,
+                      is_leaf=_is_switched)
+
+
+def switch_index(opt_state: optax.OptState) -> jax.Array | None:
+  """The chosen transformation of a `switched` state (None for any other state)."""
+  switch = _switched_state(opt_state)
+  return None if switch is None else switch.index
 
 
 # ------------------------------------------------------------------- builder

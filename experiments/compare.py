@@ -28,6 +28,9 @@ _WORKDIR = flags.DEFINE_string(
 _MEASURE = flags.DEFINE_bool(
     "measure_vmap", False, "Also time the largest group: vmapped vs one run after another.")
 _MEASURE_STEPS = flags.DEFINE_integer("measure_steps", 40, "Train steps timed by --measure_vmap.")
+_STRATEGY = flags.DEFINE_string(
+    "strategy", None, "auto | vmap | sequential: how a group's runs share its compiled "
+    "program (default: the study's `strategy`, else auto = the faster on this backend).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
 
@@ -40,7 +43,8 @@ def _budget(base) -> str:
           f"{base.num_epochs} epochs") + f", batch {base.batch_size}"
 
 
-def _train_groups(groups, target, log, stop, select_by="") -> tuple[list[dict], list[dict]]:
+def _train_groups(groups, target, log, stop, select_by="", strategy="auto"
+                  ) -> tuple[list[dict], list[dict]]:
   from cnnjax.study import vmapped  # pylint: disable=g-import-not-at-top
   results: dict[int, dict] = {}
   group_times = []
@@ -50,13 +54,15 @@ def _train_groups(groups, target, log, stop, select_by="") -> tuple[list[dict], 
              if len(settings) > 1 else "") + f", {len(group)} runs]")
     t = time.perf_counter()
     out = vmapped.train_group([v.config for v in group], log=log, label=label, target=target,
-                              select_by=select_by, stop=stop)
+                              select_by=select_by, stop=stop, strategy=strategy)
     group_times.append({"group": gi, "runs": len(group), "settings": settings,
+                        "strategy": out[0]["strategy"],
                         "wall_seconds": time.perf_counter() - t,
                         "compile_seconds": out[0]["compile_seconds"],
-                        "train_seconds": out[0]["train_seconds"]})
+                        "train_seconds": out[0]["train_seconds"],
+                        "eval_seconds": out[0]["eval_seconds"]})
     log(f"{label} done in {group_times[-1]['wall_seconds']:.1f}s (compile "
-        f"{out[0]['compile_seconds']:.1f}s)")
+        f"{out[0]['compile_seconds']:.1f}s, evaluation {out[0]['eval_seconds']:.1f}s)")
     for v, r in zip(group, out):
       results[v.index] = {"name": v.name, "setting": v.setting, "seed": v.seed,
                           "optimizer": v.optimizer, "learning_rate": v.learning_rate,
@@ -88,25 +94,36 @@ def _ranking(study, config) -> tuple[str, str]:
 
 
 def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
-              log=_log, stop=None) -> dict:
-  """Trains the study, writes results.json, report.md and plots/ into workdir."""
-  from cnnjax.study import grid, plots, report  # pylint: disable=g-import-not-at-top
+              log=_log, stop=None, strategy: str | None = None) -> dict:
+  """Trains the study, writes results.json, report.md and plots/ into workdir.
+
+  ``strategy`` (None = the study's ``strategy``, else "auto") is how each group's runs
+  share its compiled program (`cnnjax.study.vmapped.resolve_strategy`).
+  """
+  from cnnjax.study import grid, plots, report, vmapped  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
   variants = grid.expand(study)
   vmap = study.get("vmap", True)
-  groups = grid.group_variants(variants, vmap=vmap)
+  strategy = vmapped.resolve_strategy(strategy or study.get("strategy", "auto") or "auto")
+  # Sequential runs may also share a program across optimizers (the choice a value).
+  groups = grid.group_variants(variants, vmap=vmap,
+                               optimizer_as_value=strategy == "sequential")
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  kind = "vmapped group(s)" if vmap else "separate programs (vmap=False)"
+  kind = (("vmapped group(s)" if strategy == "vmap" else
+           "group(s), each one compiled program trained run after run (strategy sequential)")
+          if vmap else "separate programs (vmap=False)")
   log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, stop,
-                                       study.get("select_by", "") or "")
+                                       study.get("select_by", "") or "", strategy)
   timing = {"total wall seconds": time.perf_counter() - t_start, "runs": len(variants),
-            "groups": len(groups),
+            "groups": len(groups), "strategy": strategy if vmap else "separate",
             "compile seconds (all groups)": sum(g["compile_seconds"] for g in group_times),
-            "train seconds (all groups)": sum(g["train_seconds"] for g in group_times)}
+            "train seconds (all groups, validation included)":
+                sum(g["train_seconds"] for g in group_times),
+            "evaluation seconds (all groups)": sum(g["eval_seconds"] for g in group_times)}
   extra = {"groups": group_times, "timing": timing}
   if measure_vmap:
     extra["vmap_speed"] = _measure(groups, measure_steps, timing, log)
@@ -118,8 +135,10 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   metric, _ = report.headline_of(results)
   desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
           f"{tuple(study.seeds)}. "
-          + (f"Variants that differ only in seed, learning rate or loss were trained together "
-             f"in one vmapped program ({len(groups)} group(s)). " if vmap else
+          + (f"Variants that differ only in seed, learning rate or loss shared one compiled "
+             f"program ({len(groups)} group(s); strategy {strategy}: "
+             + ("stacked with vmap). " if strategy == "vmap" else "one run after another). ")
+             if vmap else
              "Every run was trained alone (vmap=False; programs shared through the "
              "compilation cache). ")
           + (f"Selected epoch: the best validation {study.select_by} of each run "
@@ -142,6 +161,10 @@ def main(argv):
   stop = StopRequest().install()
   if len(argv) > 1:
     cli.fail(f"unexpected arguments {argv[1:]}; flags look like --config.key=value")
+  from cnnjax.study.grid import STRATEGIES  # pylint: disable=g-import-not-at-top
+  if _STRATEGY.value is not None and _STRATEGY.value not in STRATEGIES:
+    cli.fail(f"--strategy={_STRATEGY.value!r} is not accepted; expected one of "
+             f"{list(STRATEGIES)}")
   cli.configure_process()
   study = cli.config_value(_CONFIG, _UNSET)
   if study is None:
@@ -152,7 +175,7 @@ def main(argv):
       "runs", f"{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   try:
     out = run_study(study, workdir, measure_vmap=_MEASURE.value,
-                    measure_steps=_MEASURE_STEPS.value, stop=stop)
+                    measure_steps=_MEASURE_STEPS.value, stop=stop, strategy=_STRATEGY.value)
   except Interrupted as e:
     cli.say(str(e))
     sys.exit(e.exit_code)

@@ -486,3 +486,41 @@ def test_matches_torch_optim(name, overrides, torch_name, torch_kwargs):
                                atol=1e-5, err_msg=f"{name} step {t}")
     np.testing.assert_allclose(p["bias"], bt.detach().numpy(), rtol=1e-4,
                                atol=1e-5, err_msg=f"{name} step {t}")
+
+
+# ------------------------------------------------------- switched optimizers
+
+def _descend(tx, state, n=20):
+  """``n`` steps of ``tx`` on the least-squares problem from ``state``."""
+  @jax.jit
+  def run(p, s):
+    def body(_, carry):
+      p, s = carry
+      u, s = tx.update(jax.grad(lsq_loss)(p), s, p)
+      return optax.apply_updates(p, u), s
+    return jax.lax.fori_loop(0, n, body, (p, s))
+  return run(P0, state)
+
+
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_switched_runs_exactly_its_chosen_chain(index):
+  """Reference: each chain run on its own for 20 steps."""
+  chains = [optimizers.make_optimizer(cfg(name=n, schedule="cosine"), 20)
+            for n in ("momentum", "adam", "rmsprop")]
+  tx = optimizers.switched(chains)
+  start = optimizers.set_learning_rate_scale(tx.init(P0), 0.01)
+  params, state = _descend(tx, optimizers.with_switch_index(start, index))
+  alone = chains[index]
+  ref_params, ref_state = _descend(alone, optimizers.set_learning_rate_scale(
+      alone.init(P0), 0.01))
+  tree_close(params, ref_params, rtol=1e-6, atol=1e-7)
+  assert int(optimizers.switch_index(state)) == index
+  # Only the chosen chain's state moved; the rate read is the chosen chain's.
+  for i, sub in enumerate(state.states):
+    count = optimizers._lr_state(sub).count
+    assert int(count) == (20 if i == index else 0)
+  np.testing.assert_allclose(optimizers.learning_rate(state),
+                             optimizers.learning_rate(ref_state), rtol=1e-7)
+  assert optimizers.switch_index(ref_state) is None
+  with pytest.raises(ValueError, match="no switched state"):
+    optimizers.with_switch_index(ref_state, 0)

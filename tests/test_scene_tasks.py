@@ -250,4 +250,4 @@ def test_ready_made_scene_studies_expand_into_one_group_each():
     variants = expand(module.get_config())
     assert len(variants) == 3 * losses
     assert {v.config.task for v in variants} == {task}
-    assert len(group_variants(variants)) == 1  # every loss and seed in one vmapped program
+    assert len(group_variants(variants)) == 1  # every loss and seed in one program

@@ -93,20 +93,34 @@ def test_expand_rejects_bad_studies():
     expand(study)
 
 
-@pytest.fixture(scope="module")
-def parity(data_dir, tmp_path_factory):
-  """Three value-variants (seed, lr, loss) + one that diverges, in one vmapped group."""
+def _parity_configs(data_dir):
   configs = [tiny(data_dir, 0, learning_rate=0.05), tiny(data_dir, 1, learning_rate=0.1),
              tiny(data_dir, 2, learning_rate=0.05), tiny(data_dir, 0, learning_rate=1e30)]
   configs[2].loss.name, configs[2].loss.gamma = "focal", 1.0
-  grouped = train_group(configs, target=0.5)
+  return configs
+
+
+@pytest.fixture(scope="module")
+def parity(data_dir, tmp_path_factory):
+  """Three value-variants (seed, lr, loss) + one that diverges, in one vmapped group."""
+  configs = _parity_configs(data_dir)
+  grouped = train_group(configs, target=0.5, strategy="vmap")
   alone = [loop.train_and_evaluate(c, str(tmp_path_factory.mktemp("alone")))
            for c in configs[:3]]
   return grouped, alone
 
 
-def test_vmapped_group_equals_runs_trained_alone(parity):
-  grouped, alone = parity
+@pytest.fixture(scope="module")
+def parity_sequential(data_dir, parity):
+  """The same group trained with the sequential strategy (one un-vmapped program)."""
+  return train_group(_parity_configs(data_dir), target=0.5, strategy="sequential"), parity[1]
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+def test_group_equals_runs_trained_alone(strategy, request):
+  grouped, alone = request.getfixturevalue(
+      "parity" if strategy == "vmap" else "parity_sequential")
+  assert {g["strategy"] for g in grouped} == {strategy}
   for g, a in zip(grouped, alone):
     assert not g["diverged"]
     assert len(g["history"]) == len(a["history"]) == 2
@@ -123,8 +137,30 @@ def test_vmapped_group_equals_runs_trained_alone(parity):
   assert len({round(g["test_loss"], 6) for g in grouped[:3]}) == 3
 
 
-def test_diverged_variant_is_marked_and_isolated(parity):
-  grouped, _ = parity
+def test_sequential_group_across_optimizers_equals_runs_alone(data_dir, parity, tmp_path):
+  """Momentum and Adam in one group (one `optimizers.switched` program): each run as
+  trained alone by the single-run trainer."""
+  configs = _parity_configs(data_dir)[:1] + [tiny(data_dir, 1, learning_rate=3e-3)]
+  configs[1].optimizer.name = "adam"
+  from cnnjax.study import grid
+  assert grid.group_key(configs[0]) != grid.group_key(configs[1])
+  assert (grid.group_key(configs[0], optimizer_as_value=True)
+          == grid.group_key(configs[1], optimizer_as_value=True))
+  grouped = train_group(configs, strategy="sequential")
+  alone = [parity[1][0], loop.train_and_evaluate(configs[1], str(tmp_path / "adam"))]
+  for g, a in zip(grouped, alone):
+    for hg, ha in zip(g["history"], a["history"]):
+      np.testing.assert_allclose(hg["train_loss"], ha["train_loss"], rtol=1e-4)
+      np.testing.assert_allclose(hg["val_loss"], ha["val_loss"], rtol=1e-4)
+    np.testing.assert_allclose(g["test_loss"], a["test_loss"], rtol=1e-4)
+    assert abs(g["test_accuracy"] - a["test_accuracy"]) <= 1 / 360 + 1e-9
+  assert abs(grouped[0]["test_loss"] - grouped[1]["test_loss"]) > 1e-3
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+def test_diverged_variant_is_marked_and_isolated(strategy, request):
+  grouped, _ = request.getfixturevalue(
+      "parity" if strategy == "vmap" else "parity_sequential")
   bad = grouped[3]
   assert bad["diverged"] and bad["diverged_step"] is not None and bad["test_accuracy"] is None
   assert all(math.isfinite(g["test_loss"]) for g in grouped[:3])
@@ -160,3 +196,16 @@ def test_report_and_plots(parity, tmp_path):
                       plots=[f"plots/{n}" for n in names])
   assert "| 1 |" in text and "Summary (generated)" in text and "1/1 |" in text
   json.dumps(results)  # results.json must be writable as plain JSON
+
+
+def test_strategy_resolution_and_bad_names():
+  from cnnjax.study import resolve_strategy
+  assert resolve_strategy("auto", "cpu") == "sequential"
+  assert resolve_strategy("auto", "gpu") == "vmap" and resolve_strategy("auto", "tpu") == "vmap"
+  assert resolve_strategy("vmap", "cpu") == "vmap"
+  with pytest.raises(ValueError, match="'fast' is not one of"):
+    resolve_strategy("fast")
+  study = compare_losses.get_config()
+  study.strategy = "fast"
+  with pytest.raises(ValueError, match="study.strategy='fast'"):
+    expand(study)

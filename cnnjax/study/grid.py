@@ -22,7 +22,10 @@ A *study config* (``experiments/configs/compare_*.py``) holds a full experiment 
   epoch is chosen; that epoch's state is also tested (``selected_test_*`` keys) ("" =
   none);
 * ``vmap``: False trains every run alone (one compiled program per structure, reused
-  through the compilation cache) instead of stacking value-only differences.
+  through the compilation cache) instead of stacking value-only differences;
+* ``strategy``: how a group's runs share its one compiled program: ``"vmap"`` (stacked),
+  ``"sequential"`` (one un-vmapped program, runs one after another) or ``"auto"`` (the
+  faster one on the backend: sequential on CPU); ``--strategy`` overrides it.
 
 A *variant* is one point of the product; a *setting* is a variant without its seed (the
 unit that results are averaged over). Variants differ in *values* (seed, learning rate,
@@ -60,8 +63,7 @@ from cnnjax import optimizers as optimizers_lib
 
 __all__ = [
     "Variant", "expand", "group_key", "group_variants", "parse_loss_spec", "parse_point",
-    "VALUE_KEYS",
-    "STUDY_KEYS",
+    "STRATEGIES", "STUDY_KEYS", "VALUE_KEYS",
 ]
 
 # Config keys whose value may differ inside one vmapped group (traced values, or a
@@ -71,7 +73,8 @@ VALUE_KEYS = ("seed", "optimizer.learning_rate", "loss")
 _PRESENTATION_KEYS = ("progress", "log_every_steps")
 
 STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target", "title",
-              "conditions", "methods", "columns", "rank_by", "select_by", "vmap")
+              "conditions", "methods", "columns", "rank_by", "select_by", "vmap", "strategy")
+STRATEGIES = ("auto", "vmap", "sequential")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,6 +197,8 @@ def _check_study(study: ml_collections.ConfigDict) -> None:
     raise ValueError(f"study.seeds={seeds!r} has repeated seeds")
   if not isinstance(study.get("vmap", True), bool):
     raise ValueError(f"study.vmap={study.vmap!r}: expected True or False")
+  if study.get("strategy", "auto") not in STRATEGIES:
+    raise ValueError(f"study.strategy={study.strategy!r}: expected one of {list(STRATEGIES)}")
   for lr in tuple(study.get("learning_rates", ()) or ()):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0:
       raise ValueError(f"study.learning_rates has {lr!r}; each rate must be a number > 0")
@@ -288,8 +293,14 @@ def expand(study: ml_collections.ConfigDict) -> list[Variant]:
   return variants
 
 
-def group_key(config: ml_collections.ConfigDict) -> str:
-  """The part of a config that must be equal for runs to share one vmapped program."""
+def group_key(config: ml_collections.ConfigDict, *, optimizer_as_value: bool = False) -> str:
+  """The part of a config that must be equal for runs to share one compiled program.
+
+  ``optimizer_as_value``: the optimizer chain is chosen by a value too
+  (`cnnjax.optimizers.switched`), so the ``optimizer`` section may differ, except
+  ``ema_decay`` (it changes the train state) and a wrapper such as SAM (its step
+  computes extra gradients).
+  """
   d = json.loads(config.to_json_best_effort())
   for key in VALUE_KEYS + _PRESENTATION_KEYS:
     *parents, leaf = key.split(".")
@@ -297,15 +308,28 @@ def group_key(config: ml_collections.ConfigDict) -> str:
     for p in parents:
       node = node[p]
     node.pop(leaf, None)
+  if optimizer_as_value and switchable(config):
+    d["optimizer"] = {"ema_decay": d["optimizer"]["ema_decay"]}
   return json.dumps(d, sort_keys=True)
 
 
-def group_variants(variants: Sequence[Variant], *, vmap: bool = True) -> list[list[Variant]]:
+def switchable(config: ml_collections.ConfigDict) -> bool:
+  """Whether ``config``'s optimizer can be one choice of a `switched` chain: the task
+  builds its optimizer with the default hooks and no wrapper (SAM) is asked for."""
+  from cnnjax import tasks  # pylint: disable=g-import-not-at-top
+  task = tasks.TASKS.get(config.task)
+  return (config.optimizer.name not in optimizers_lib.WRAPPERS and task is not None
+          and task.optimizer_as_value)
+
+
+def group_variants(variants: Sequence[Variant], *, vmap: bool = True,
+                   optimizer_as_value: bool = False) -> list[list[Variant]]:
   """Variants grouped by `group_key`, groups in order of first appearance; with
   ``vmap=False`` one group per variant."""
   if not vmap:
     return [[v] for v in variants]
   groups: dict[str, list[Variant]] = {}
   for v in variants:
-    groups.setdefault(group_key(v.config), []).append(v)
+    groups.setdefault(group_key(v.config, optimizer_as_value=optimizer_as_value),
+                      []).append(v)
   return list(groups.values())

@@ -1,8 +1,10 @@
-"""Training a group of runs that differ only in values as ONE vmapped program.
+"""Training a group of runs that differ only in values: ONE compiled program for the group.
 
 The runs of a group share task, model, data, budget and optimizer *structure*; they may
 differ in seed (initialisation, batch order, augmentation and dropout keys), learning
-rate and loss (name and options). Each run is assembled by the same
+rate and loss (name and options), and in the optimizer itself for tasks that allow it
+(`cnnjax.optimizers.switched`: the choice is a value in the optimizer state; meant for
+the sequential strategy). Each run is assembled by the same
 `cnnjax.training.build.build_run` that a single run uses; the group stacks their states
 along a leading axis ``[K, ...]`` and compiles one `jax.jit(jax.vmap(step))` of the runs'
 own step function:
@@ -15,6 +17,14 @@ own step function:
   group;
 * each run's batch comes from its own seed's `Dataset.train_batches(epoch)`, stacked to
   ``[K, B, ...]``; evaluation batches (seed-independent) are shared.
+
+Two strategies run that program (`STRATEGIES`): ``"vmap"`` stacks the K runs and
+trains them in one `jax.vmap`-ed step; ``"sequential"`` compiles the *un-vmapped* step
+once (the loss index a scalar, so `lax.switch` runs only the run's own loss) and trains
+the runs one after another with it. On a 2-core CPU the sequential strategy is the faster
+one (a vmapped step of K small convolutional runs costs more than K single steps, and the
+vmapped program takes longer to compile); on an accelerator stacking fills the device.
+``"auto"`` picks by backend (`resolve_strategy`).
 
 So every run computes what `cnnjax.training.loop.train_and_evaluate` computes for its
 config on one device (``parallel="none"``), by construction. A run whose loss becomes
@@ -36,13 +46,14 @@ import ml_collections
 import numpy as np
 from jax import lax
 
-from cnnjax.study.grid import group_key
+from cnnjax.study.grid import STRATEGIES, group_key, switchable
 from cnnjax.training import tracking
-from cnnjax.training.build import Run, build_run
+from cnnjax.training.build import Run, build_run, optimizer_key
 from cnnjax.training.nonfinite import Diverged, NonFinitePolicy, NonFiniteStep
 from cnnjax.training.signals import Interrupted
 
-__all__ = ["GroupRun", "build_group", "measure_vmap", "train_group"]
+__all__ = ["GroupRun", "STRATEGIES", "build_group", "measure_vmap", "resolve_strategy",
+           "train_group"]
 
 Log = Callable[[str], None]
 
@@ -66,6 +77,8 @@ class GroupRun:
     loss_index: int32 ``[K]``, each run's position among the group's distinct losses.
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
     eval_fn: jitted ``(state, batch [B,...], loss_index) -> summed metrics [K, ...]``.
+    single_train_fn, single_eval_fn: the same with a group of one (leading axis 1, loss
+      index ``[1]``), not vmapped: the sequential strategy's programs, valid for any run.
   """
   runs: list[Run]
   state: Any
@@ -73,6 +86,8 @@ class GroupRun:
   loss_index: jax.Array
   train_fn: Callable
   eval_fn: Callable
+  single_train_fn: Callable
+  single_eval_fn: Callable
 
   @property
   def first(self) -> Run:
@@ -82,18 +97,27 @@ class GroupRun:
 def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   """Builds one group of (validated) configs that can share a program; nothing trained yet.
 
+  Configs that differ in their optimizer (where `cnnjax.study.grid.switchable`) train
+  with one `cnnjax.optimizers.switched` chain: meant for the sequential strategy, where
+  only each run's own optimizer runs (vmapped, every run would compute every choice).
+
   Raises:
     ValueError: an empty group, or configs that differ in more than seed / learning
-      rate / loss.
+      rate / loss (/ switchable optimizer).
   """
   if not configs:
     raise ValueError("a study group needs at least one config, got none")
-  if len({group_key(c) for c in configs}) > 1:
+  # Different optimizers: one `optimizers.switched` chain, the choice a value in the state.
+  switch = len({optimizer_key(c) for c in configs}) > 1 and all(map(switchable, configs))
+  keys = {group_key(c, optimizer_as_value=switch) for c in configs}
+  if len(keys) > 1:
     raise ValueError("configs of one group may differ only in seed, optimizer.learning_rate "
-                     f"and loss; got {len({group_key(c) for c in configs})} different structures")
-  first = build_run(configs[0])
-  runs = [first] + [build_run(c, data=first.data, initializer=first.initializer)
-                    for c in configs[1:]]
+                     "and loss (and, for tasks that allow it, the optimizer); got "
+                     f"{len(keys)} different structures")
+  choices = configs if switch else ()
+  first = build_run(configs[0], optimizer_choices=choices)
+  runs = [first] + [build_run(c, data=first.data, initializer=first.initializer,
+                              optimizer_choices=choices) for c in configs[1:]]
   position: dict[str, int] = {}
   loss_fns = []
   for c, r in zip(configs, runs):
@@ -112,20 +136,46 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   def one_eval(state, batch, index):
     return first.eval_step(select(index))(state, batch)
 
+  # A group of one: the un-vmapped step (for a single loss the program `experiments.main`
+  # compiles), with the group's leading axis of 1 around it.
+  lead, drop = (lambda t: jax.tree.map(lambda x: x[None], t),
+                lambda t: jax.tree.map(lambda x: x[0], t))
+  single_train = lambda st, b, r, i: lead(one_train(drop(st), drop(b), r[0], i[0]))
+  single_eval = lambda st, b, i: lead(one_eval(drop(st), b, i[0]))
   if len(runs) == 1:
-    # One run: its own un-vmapped step (the program `experiments.main` compiles, so the
-    # compilation cache serves both), with the group's leading axis of 1 around it.
-    lead, drop = (lambda t: jax.tree.map(lambda x: x[None], t),
-                  lambda t: jax.tree.map(lambda x: x[0], t))
-    train_fn = lambda st, b, r, i: lead(first.train_step()(drop(st), drop(b), r[0]))
-    eval_fn = lambda st, b, i: lead(first.eval_step()(drop(st), b))
+    train_fn, eval_fn = single_train, single_eval
   else:
     train_fn, eval_fn = jax.vmap(one_train), jax.vmap(one_eval, in_axes=(0, None, 0))
   return GroupRun(
       runs=runs, state=_stack([r.state for r in runs]),
       train_rngs=jnp.stack([r.train_rng for r in runs]),
       loss_index=jnp.asarray([position[_loss_key(c)] for c in configs], jnp.int32),
-      train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn))
+      train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn),
+      single_train_fn=jax.jit(single_train, donate_argnums=0),
+      single_eval_fn=jax.jit(single_eval))
+
+
+def resolve_strategy(strategy: str, backend: str | None = None) -> str:
+  """``"vmap"`` or ``"sequential"``: ``strategy`` itself, or for ``"auto"`` the faster one
+  measured on ``backend`` (default: JAX's): sequential on CPU, vmap on accelerators.
+
+  Raises:
+    ValueError: ``strategy`` is not one of `STRATEGIES`.
+  """
+  if strategy not in STRATEGIES:
+    raise ValueError(f"study strategy {strategy!r} is not one of {list(STRATEGIES)}")
+  if strategy != "auto":
+    return strategy
+  return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
+
+
+def _one_of(g: GroupRun, k: int) -> GroupRun:
+  """Run ``k`` of ``g`` as a group of one that trains with ``g``'s single-run programs."""
+  run = g.runs[k]
+  return GroupRun(runs=[run], state=jax.tree.map(lambda x: x[k:k + 1], g.state),
+                  train_rngs=g.train_rngs[k:k + 1], loss_index=g.loss_index[k:k + 1],
+                  train_fn=g.single_train_fn, eval_fn=g.single_eval_fn,
+                  single_train_fn=g.single_train_fn, single_eval_fn=g.single_eval_fn)
 
 
 def _stacked_batches(g: GroupRun, epoch: int):
@@ -216,8 +266,8 @@ def _compile(g: GroupRun) -> tuple[Callable, Callable]:
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
                 label: str = "", target: float | None = None,
-                select_by: str = "", stop=None) -> list[dict[str, Any]]:
-  """Trains the K runs of ``configs`` together; returns one result dict per run, in order.
+                select_by: str = "", stop=None, strategy: str = "vmap") -> list[dict[str, Any]]:
+  """Trains the K runs of ``configs`` with one compiled program; one result dict per run.
 
   Args:
     configs: validated run configs (e.g. from `cnnjax.study.expand`) differing only in
@@ -226,8 +276,10 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     label: a name for the group in progress lines.
     target: a value of the task's headline metric on validation whose first reach is
       reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
-                select_by: str = "") -> list[dict[str, Any]]:
-                stop=None) -> list[dict[str, Any]]:
+    select_by: a validation metric by which each run's best epoch is selected and tested.
+    stop: a `cnnjax.training.signals.StopRequest` checked after every epoch.
+    strategy: one of `STRATEGIES`: the K runs stacked in one vmapped step, or trained
+      one after another with one compiled un-vmapped step ("auto": `resolve_strategy`).
 
   Returns:
     Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
@@ -236,26 +288,51 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     ``best_val_<headline>``, ``best_epoch``, ``final_val_<headline>``, ``headline``,
     ``headline_goal``, ``diverged``, ``diverged_step``, ``steps_to_target``,
     ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
-    (the group's, shared by its K runs), ``group_size``; with ``select_by`` also
-    ``selected_epoch`` and ``selected_test_<metric>`` (the selected state, calibrated on
-    its own validation result); ``start_test_<metric>`` (the initial state's test result)
-    for a task with ``evaluate_at_start``. ``seconds`` and ``seconds_to_target`` are the
-    group's wall time divided by K: a run's share.
+    (the group's, shared by its K runs: its epochs, validation included),
+    ``eval_seconds`` (the group's validation and test evaluations), ``group_size``,
+    ``strategy``; with
+    ``select_by`` also ``selected_epoch`` and ``selected_test_<metric>`` (the selected
+    state, calibrated on its own validation result); ``start_test_<metric>`` (the
+    initial state's test result) for a task with ``evaluate_at_start``. ``seconds`` and
+    ``seconds_to_target`` are a run's share of the training time: the group's wall time
+    divided by K when vmapped, the run's own time when sequential.
   """
   log = log or (lambda _: None)
+  strategy = resolve_strategy(strategy)
   t0 = time.perf_counter()
   g = build_group(configs)
-  train_fn, eval_fn = _compile(g)
+  parts = ([_one_of(g, k) for k in range(len(configs))]
+           if strategy == "sequential" and len(configs) > 1 else [g])
+  programs = _compile(parts[0])
   compile_seconds = time.perf_counter() - t0
+  results, train_seconds, eval_seconds = [], 0.0, 0.0
+  for i, part in enumerate(parts):
+    part_label = label + (f" run {i + 1}/{len(parts)}" if len(parts) > 1 else "")
+    results += _train_part(part, programs, part_label, target, select_by, stop, log)
+    train_seconds += results[-1]["train_seconds"]
+    eval_seconds += results[-1]["eval_seconds"]
+  for r in results:
+    r.update(compile_seconds=compile_seconds, train_seconds=train_seconds,
+             eval_seconds=eval_seconds, group_size=len(configs), strategy=strategy)
+  return results
+
+
+def _train_part(g: GroupRun, programs, label: str, target, select_by: str, stop,
+                log: Log) -> list[dict[str, Any]]:
+  """Trains ``g`` (a whole vmapped group, or one run of it) with compiled ``programs``."""
+  train_fn, eval_fn = programs
   lanes = [_Lane(r, target, select_by) for r in g.runs]
+  t_eval = time.perf_counter()
   start = (_evaluate(g, eval_fn, g.state, "test") if g.first.task.evaluate_at_start
            else [{}] * len(lanes))
-  state, best, step, train_seconds = _train_epochs(g, train_fn, eval_fn, lanes, log, label,
-                                                   bool(select_by), stop)
+  start_seconds = time.perf_counter() - t_eval
+  state, best, step, train_seconds, val_seconds = _train_epochs(
+      g, train_fn, eval_fn, lanes, log, label, bool(select_by), stop)
   has_val = g.first.data.num_examples("validation") > 0
+  t_eval = time.perf_counter()
   test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
                    else [{}] * len(lanes))
-  results = [{**_result(lane, t, step, compile_seconds, train_seconds, len(configs)),
+  results = [{**_result(lane, t, step, 0.0, train_seconds, len(lanes)),
               **{f"start_test_{k}": v for k, v in lane.run.task.scalars(s).items()}}
              for lane, t, s in zip(lanes, test, start)]
   if select_by and has_val:
@@ -265,15 +342,19 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
       r["selected_epoch"] = lane.selected.epoch
       r.update({f"selected_test_{k}": None if r["diverged"] else v
                 for k, v in task.scalars(t).items()})
+  eval_seconds = val_seconds + start_seconds + time.perf_counter() - t_eval
+  for r in results:
+    r["eval_seconds"] = eval_seconds
   return results
 
 
 def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, select: bool,
                   stop):
-  """The epochs of a group; returns the final state, the selected states, steps, seconds."""
+  """The epochs of a group; returns the final state, the selected states, steps, and the
+  seconds of the epochs (validation included) and of their validations."""
   first, k_runs = g.first, len(g.runs)
   names = ("loss", *first.task.train_metric_names)
-  state, step, train_seconds = g.state, 0, 0.0
+  state, step, train_seconds, eval_seconds = g.state, 0, 0.0, 0.0
   best = jax.tree.map(jnp.copy, state) if select else None
   has_val = first.data.num_examples("validation") > 0
   for epoch in range(1, first.num_epochs + 1):
@@ -290,7 +371,9 @@ def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, s
         lane.observe(step - len(pending) + 1 + i, {n: v[k] for n, v in m.items()}, names)
     val = None
     if has_val and (epoch % first.config.eval_every_epochs == 0 or step >= first.total_steps):
+      t_val = time.perf_counter()
       val = [first.task.scalars(v) for v in _evaluate(g, eval_fn, state, "validation")]
+      eval_seconds += time.perf_counter() - t_val
     train_seconds += time.perf_counter() - t_epoch
     improved = [lane.end_epoch(epoch, step, names, None if val is None else val[k],
                                train_seconds / k_runs) for k, lane in enumerate(lanes)]
@@ -302,7 +385,7 @@ def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, s
       raise Interrupted(f"interrupted by {stop.name} in {label or 'a study group'}, epoch "
                         f"{epoch}; a study keeps no checkpoints: nothing was written",
                         stop.exit_code)
-  return state, best, step, train_seconds
+  return state, best, step, train_seconds, eval_seconds
 
 
 def _epoch_line(label, epoch, first: Run, lanes, val, train_seconds) -> str:

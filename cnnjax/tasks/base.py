@@ -117,6 +117,10 @@ class Task:
     return models.get_model(config.model, num_classes=self.output_size, dtype=config.dtype,
                             dropout_rate=config.dropout_rate, **fields)
 
+  # Whether runs of this task may share one compiled step across optimizers
+  # (`cnnjax.optimizers.switched` over the default `make_optimizer` chains).
+  optimizer_as_value = True
+
   def make_optimizer(self, config: ml_collections.ConfigDict,
                      total_steps: int) -> optax.GradientTransformation:
     """The optax chain of ``config.optimizer`` for a rate of 1 (the rate lives in the state)."""

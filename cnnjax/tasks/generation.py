@@ -175,6 +175,8 @@ class Generation(Task):
                                     latent_dim=config.gan.latent_dim, width=config.gan.width,
                                     dtype=config.dtype, **fields)
 
+  optimizer_as_value = False  # two networks, two optimizers (their own hooks)
+
   def make_initializer(self, model, tx, config: ml_collections.ConfigDict, total_steps: int):
     from cnnjax import optimizers  # pylint: disable=g-import-not-at-top
     from cnnjax.training import adversarial, build  # pylint: disable=g-import-not-at-top

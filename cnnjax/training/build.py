@@ -17,8 +17,9 @@ train any of them, alone or stacked. For the constant and cosine schedules
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -107,9 +108,16 @@ def configured_learning_rate(optimizer_config: ml_collections.ConfigDict) -> flo
   return float(lr)
 
 
+def optimizer_key(config: ml_collections.ConfigDict) -> str:
+  """What identifies a run's optimizer chain: its ``optimizer`` section but the rate."""
+  section = {k: v for k, v in config.optimizer.to_dict().items() if k != "learning_rate"}
+  return json.dumps(section, sort_keys=True, default=str)
+
+
 def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
               initializer: Callable | None = None, implementation: str = "auto",
-              microbatches: int = 0) -> Run:
+              microbatches: int = 0,
+              optimizer_choices: Sequence[ml_collections.ConfigDict] = ()) -> Run:
   """Assembles the run ``config`` describes (``config`` must pass `cnnjax.config.validate`).
 
   Args:
@@ -123,6 +131,10 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
     implementation: the `fast_ops` formulation of training (evaluation uses its
       forward-only resolution).
     microbatches: parts per step; 0 = `steps.resolve_microbatches`'s rule.
+    optimizer_choices: configs whose optimizer chains (`optimizer_key`) this run's is
+      one of: the run then trains with `cnnjax.optimizers.switched` over them, its own
+      chosen by a value in the state, so runs with different optimizers share one
+      compiled step (``initializer`` must then come from a run of the same choices).
 
   Raises:
     DatasetNotFoundError: the dataset is not prepared (nothing is downloaded).
@@ -147,11 +159,22 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
   weights = task.train_weights(steps_per_epoch, budget)
   if weights is not None:
     data = data.with_train_weights(weights)
-  tx = task.make_optimizer(config, budget)
+  choice = None
+  if optimizer_choices:
+    keys = list(dict.fromkeys(optimizer_key(c) for c in optimizer_choices))
+    if optimizer_key(config) not in keys:
+      raise ValueError("build_run: the run's optimizer is not one of optimizer_choices")
+    choice = keys.index(optimizer_key(config))
+    firsts = {optimizer_key(c): c for c in reversed(optimizer_choices)}
+    tx = optimizers.switched([task.make_optimizer(firsts[k], budget) for k in keys])
+  else:
+    tx = task.make_optimizer(config, budget)
   initializer = initializer or task.make_initializer(model, tx, config, budget)
   init_rng, train_rng = state_lib.run_keys(config.seed)
   lr = configured_learning_rate(config.optimizer)
   state = initializer(init_rng, lr)
+  if choice is not None:
+    state = state.replace(opt_state=optimizers.with_switch_index(state.opt_state, choice))
   parts = steps.resolve_microbatches(
       microbatches, per_device_batch=config.batch_size // num_devices,
       has_batch_norm=bool(jax.tree.leaves(state.batch_stats)), backend=jax.default_backend(),

@@ -10,19 +10,19 @@ ran ~4x slower per run-step than single runs (6 runs: ~30 s per epoch vs ~1.3 s 
 single-run epoch), and it would compute the R1 term for every run of the group.
 Ranked by the test Fréchet distance, lower is better.
 
-Measured (2-core CPU, load average 5-9 from other jobs: 565 s wall for the command, 412 s
-of it training, 65 s compiling; 379 s of CPU time), after 20 epochs, mean +- std over
-seeds 0, 1, 2 (test Fréchet distance; floor 8.72, step 0 ~415; classes covered per seed):
+Measured (idle 2-core CPU: 247 s wall for the command; compile 96 s, training 134 s,
+evaluation 16 s), after 20 epochs, mean +- std over seeds 0, 1, 2 (test Fréchet distance;
+floor 8.72, step 0 ~415; classes covered per seed):
 
-    non-saturating + R1    176.5 +- 22.1   8, 8, 7
-    least squares + R1     193.3 +- 13.8   6, 8, 6
-    hinge + R1             196.0 +- 34.6   8, 4, 5
-    least squares          199.5 +- 23.9   5, 6, 7
-    hinge                  218.1 +- 28.6   7, 4, 7
-    non-saturating         226.2 +- 27.9   6, 4, 7
+    non-saturating + R1    176.3 +- 19.9   8, 8, 6
+    hinge + R1             179.2 +- 11.4   8, 8, 6
+    least squares + R1     194.7 +- 16.5   6, 8, 5
+    least squares          200.1 +- 31.5   6, 6, 6
+    hinge                  205.5 +- 10.6   8, 6, 6
+    non-saturating         222.0 +- 49.9   8, 4, 5
 
-No margin exceeds the seed spread (winner vs runner-up Welch t = -1.11, critical 3.00;
-winner vs last t = -2.42, critical 2.83). At 800 steps every setting is still far from
+No margin exceeds the seed spread (winner vs runner-up Welch t = -0.22, critical 3.08;
+winner vs last t = -1.47, critical 3.46). At 800 steps every setting is still far from
 the 150-epoch gan.py result (17.7) and misses classes.
 """
 

@@ -6,8 +6,8 @@ Digits (embedded), bn_cnn, adam 1e-3 (constant), batch 32, +-1 pixel shifts, 6 e
 default recipe trains 30). Losses: cross-entropy, label-smoothed cross-entropy (0.1), focal
 (gamma 1, 2, 5; alpha off), squared error on softmax outputs (mean_squared_error through
 for_classification), multiclass hinge (multi_margin, Crammer-Singer style categorical_hinge).
-All 24 runs are one vmapped group (the loss is chosen per run inside the program); about
-3-4 minutes on a busy 2-core CPU. Expected: the cross-entropy family (CE, smoothed CE,
+All 24 runs share one compiled program (the loss is chosen per run inside it; on CPU the
+runs go one after another); about 3-4 minutes on a busy 2-core CPU. Expected: the cross-entropy family (CE, smoothed CE,
 focal) within a few tenths of a point of each other near 98-99%; squared error on softmax
 learns more slowly.
 """

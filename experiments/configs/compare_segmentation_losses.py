@@ -2,11 +2,12 @@
 
     python -m experiments.compare --config=experiments/configs/compare_segmentation_losses.py
 
-15 runs of `segmentation.py` (2 epochs each) in one vmapped program. Not measured yet:
-one run of that config takes 70 s of CPU time (user + sys) on the 2-core machine, so
-the study needs about 15 x 70 s = 18 CPU-minutes before vmapping's savings: about 9
-minutes of wall time on both cores of an otherwise idle machine, at the edge of a
-10-minute study; on the shared machine it could not be run in the time available.
+15 runs of the `segmentation.py` recipe shortened to 300 steps (1.33 epochs; the config
+trains 450), sharing one compiled step: on CPU the runs go one after another (strategy
+auto = sequential). Measured (idle 2-core CPU: 480 s wall), test mean IoU, mean +- std over seeds 0-2: CE
+0.883 +- 0.014, Dice + CE 0.873 +- 0.005, focal 0.861 +- 0.011 (within the seed spread of
+one another), Dice 0.089 and Tversky 0.084 (stuck predicting background: see README,
+"Segmentation losses").
 """
 
 import ml_collections
@@ -16,6 +17,8 @@ from experiments.configs import segmentation
 
 def get_config() -> ml_collections.ConfigDict:
   base = segmentation.get_config()
+  base.num_epochs = 0
+  base.num_train_steps = 300
   base.parallel = "none"
   base.progress = "none"
 
