@@ -13,9 +13,12 @@ from cnnjax.training import loop
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "experiments", "configs")
 def _is_study(path):
-  # A study config runs through experiments.compare and says so in its docstring.
+  # A study (or benchmark) config runs through experiments.compare (or
+  # experiments.benchmark_optimizers, tested in tests/test_optimizer_benchmark.py) and
+  # says so in its docstring.
   with open(path) as f:
-    return "python -m experiments.compare" in f.read()
+    text = f.read()
+  return "python -m experiments.compare" in text or "experiments.benchmark_optimizers" in text
 
 
 EXPERIMENT_CONFIGS = sorted(

@@ -98,6 +98,21 @@ def test_plan_and_summary_follow_the_protocol():
   assert cell["default_time"] == math.inf
 
 
+def test_shipped_benchmark_and_workloads_are_valid_and_documented():
+  from cnnjax import config as config_lib
+  from cnnjax.study import benchmark_run
+  from experiments.configs import optimizer_benchmark
+  benchmark_run.check(optimizer_benchmark.get_config())
+  assert "python -m experiments.benchmark_optimizers" in optimizer_benchmark.__doc__
+  assert "Measured" in optimizer_benchmark.__doc__
+  for name in workloads.NAMES:
+    w = workloads.load(name)
+    config_lib.validate(w.base)
+    # The stated target is the median of the stated reference values (AlgoPerf's rule).
+    assert w.target == sorted(w.reference.measured)[1], name
+    assert w.name == name and w.base.optimizer.learning_rate is None
+
+
 def test_unknown_workload_is_refused_by_name():
   with pytest.raises(ValueError, match="unknown workload 'imagenet'"):
     workloads.load("imagenet")
