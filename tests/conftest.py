@@ -58,6 +58,7 @@ QUICK_CASES = {
     "test_every_name_decreases_least_squares": 8,
     "test_scale_acts_on_every_named_optimizer": 6,
     "test_signal_during_startup_ends_the_run_cleanly": 1,
+    "test_bad_benchmark_and_strategy_input_is_one_line": 1,
 }
 EXHAUSTIVE_TESTS = (
     # Every model trains on a fixed batch in the quick tier except these larger ones
@@ -79,6 +80,9 @@ EXHAUSTIVE_TESTS = (
     "tests/test_robustness.py::test_sigint_exits_130_with_checkpoint",
     "tests/test_robustness.py::test_rerun_after_sigterm_equals_uninterrupted",
     "tests/test_robustness.py::test_different_config_in_same_workdir_is_refused",
+    # The benchmark's protocol, profiles and report pieces are tested one by one in the
+    # quick tier; this runs them together on a tiny workload.
+    "tests/test_optimizer_benchmark.py::test_tiny_benchmark_end_to_end",
     # Several processes (jax.distributed over gloo): the sharded multi-device path they
     # share runs in the quick tier in one process (tests/test_parallel.py).
     "tests/test_multiprocess.py::",

@@ -113,6 +113,31 @@ def test_shipped_benchmark_and_workloads_are_valid_and_documented():
     assert w.name == name and w.base.optimizer.learning_rate is None
 
 
+def test_report_ranks_by_score_and_writes_plots(tmp_path):
+  """Hand-made cells: a is fastest on w1 (100 vs 150 steps), b never reaches w2's target,
+  so a scores 1 and b (4 - 1.5) / 2 / 3 = 5/12."""
+  from cnnjax.study import benchmark_report
+  w = workloads.load("digits_bn_cnn")
+
+  def cell(opt, steps_w):
+    trials = ob.tuning_trials(w, opt, studies=1, trials=2, qmc_seed=0)
+    defaults = ob.default_trials(w, opt, seeds=1)
+    return ob.summarize(trials + defaults, [_result(steps_w, 0.99), _result(None, 0.9),
+                                            _result(None, 0.95)])
+
+  cells = {"w1": {"a": cell("adam", 100), "b": cell("momentum", 150)},
+           "w2": {"a": cell("adam", 80), "b": cell("momentum", None)}}
+  described = {n: {"description": n, "target": 0.99, "reference_note": "by hand"}
+               for n in cells}
+  text = benchmark_report.write_benchmark(
+      str(tmp_path), title="t", description="d", workloads=described, cells=cells,
+      unit="steps", max_ratio=4.0, timing={"total wall seconds": 1.0}, settings={})
+  assert "| 1 | a | 1.000 |" in text and f"| 2 | b | {5 / 12:.3f} |" in text
+  for name in ("report.md", "results.json", "plots/profiles.png",
+               "plots/defaults_vs_tuned.png", "plots/workload_w1.png"):
+    assert os.path.getsize(tmp_path / name) > 0
+
+
 def test_unknown_workload_is_refused_by_name():
   with pytest.raises(ValueError, match="unknown workload 'imagenet'"):
     workloads.load("imagenet")
