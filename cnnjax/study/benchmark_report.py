@@ -7,12 +7,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from cnnjax.study import profiles, tuning
+from cnnjax.study import profiles, report, tuning
 
 __all__ = ["write_benchmark"]
 
@@ -184,15 +184,7 @@ def write_benchmark(directory: str, *, title: str, description: str,
              "times": times, "scores": scores, "defaults_scores": d_scores,
              "timing": dict(timing)}
   with open(os.path.join(directory, "results.json"), "w") as f:
-    json.dump(payload, f, indent=1, default=_json_default, allow_nan=True)
+    json.dump(payload, f, indent=1, default=report._json_default,  # pylint: disable=protected-access
+              allow_nan=True)
   return text
 
-
-def _json_default(x):
-  if isinstance(x, np.ndarray):
-    return x.tolist()
-  if isinstance(x, np.generic):
-    return x.item()
-  if isinstance(x, Sequence) and not isinstance(x, str):
-    return list(x)
-  return str(x)

@@ -39,6 +39,7 @@ import numpy as np
 from cnnjax import config as config_lib
 from cnnjax.study import tuning
 from cnnjax.study.grid import group_key
+from cnnjax.study.report import _mean_std  # pylint: disable=protected-access
 
 __all__ = ["Trial", "best_trial", "default_trials", "median_time", "rerun_trials", "run_config",
            "summarize", "train_all", "trial_time", "tuning_trials"]
@@ -170,13 +171,6 @@ def train_all(trials: Sequence[Trial], *, target: float | None, train_group: Cal
     for i, r in zip(idx, out):
       results[i] = r
   return results  # type: ignore[return-value]
-
-
-def _mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-  v = [x for x in values if x is not None and math.isfinite(x)]
-  if not v:
-    return None, None
-  return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
 
 
 def median_time(values: Sequence[float]) -> float:

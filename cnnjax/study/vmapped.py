@@ -36,6 +36,7 @@ never mix, so its NaNs cannot reach the other runs.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -301,13 +302,16 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   strategy = resolve_strategy(strategy)
   t0 = time.perf_counter()
   g = build_group(configs)
-  parts = ([_one_of(g, k) for k in range(len(configs))]
-           if strategy == "sequential" and len(configs) > 1 else [g])
-  programs = _compile(parts[0])
+  one_by_one = strategy == "sequential" and len(configs) > 1
+  # Each run's slice of the stacked state is taken when the run starts, not all at once.
+  parts = (_one_of(g, k) for k in range(len(configs))) if one_by_one else iter([g])
+  n_parts = len(configs) if one_by_one else 1
+  first = next(parts)
+  programs = _compile(first)
   compile_seconds = time.perf_counter() - t0
   results, train_seconds, eval_seconds = [], 0.0, 0.0
-  for i, part in enumerate(parts):
-    part_label = label + (f" run {i + 1}/{len(parts)}" if len(parts) > 1 else "")
+  for i, part in enumerate(itertools.chain([first], parts)):
+    part_label = label + (f" run {i + 1}/{n_parts}" if n_parts > 1 else "")
     results += _train_part(part, programs, part_label, target, select_by, stop, log)
     train_seconds += results[-1]["train_seconds"]
     eval_seconds += results[-1]["eval_seconds"]
