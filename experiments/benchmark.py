@@ -34,16 +34,10 @@ from absl import flags, logging
 
 from cnnjax import config as config_lib
 from cnnjax import cpu_runtime, models, optimizers
-from cnnjax.data import catalog
-from cnnjax.data import pipeline
 from cnnjax.models import fast_ops
-from cnnjax.training import build
-from experiments import cli
+from experiments import cli, timed_step
 
 FLAGS = flags.FLAGS
-# The models of the scene tasks (per-pixel, box and reading heads): not image classifiers,
-# so neither timed here nor given a PyTorch twin.
-SCENE_MODELS = ("fcn", "unet_small", "tiny_unet", "loc_cnn", "seq_reader")
 
 flags.DEFINE_list("models", ["keras_cifar_cnn", "mnist_cnn"],
                   "Models to benchmark, or 'all' (every image classifier of cnnjax.models "
@@ -61,15 +55,6 @@ flags.DEFINE_bool("donate", True, "Donate the train state to the step (buffer re
 flags.DEFINE_string("optimizer", "adam", "optimizer.name of the timed step; 'sam' (with "
                     "--sam_base) takes a second gradient per step, which the rate shows.")
 flags.DEFINE_string("sam_base", "adam", "optimizer.sam_base when --optimizer=sam.")
-
-# Each model on the images of its dataset: CIFAR for the CIFAR models, MNIST for the
-# MNIST ones, digits for bn_cnn (the default run's model).
-INPUT_SHAPES = {"simple_cnn": (32, 32, 3), "keras_cifar_cnn": (32, 32, 3),
-                "mnist_cnn": (28, 28, 1), "lenet5": (28, 28, 1), "bn_cnn": (8, 8, 1),
-                "vgg_small": (32, 32, 3), "resnet20": (32, 32, 3), "resnet18": (32, 32, 3),
-                "tiny_cnn": (8, 8, 1)}
-_PIPELINE_DATASET = {1: "mnist", 3: "cifar10"}  # by channels; the shape comes from the model
-
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -105,22 +90,9 @@ def _forward_flops(model, variables, input_shape) -> float:
   return float(cost.get("flops", 0.0))
 
 
-def _synthetic_dataset(input_shape, batch_size: int, steps: int) -> pipeline.Dataset:
-  """``steps`` batches of uniform random uint8 images and labels in the catalog's shape."""
-  name = _PIPELINE_DATASET.get(input_shape[-1], "cifar10")
-  info = catalog.dataset_info(name)
-  if tuple(info.image_shape) != tuple(input_shape):
-    info = catalog.DatasetInfo(name, tuple(input_shape), 10)
-  rng = np.random.default_rng(0)
-  n = batch_size * steps
-  train = (rng.integers(0, 256, (n, *input_shape), dtype=np.uint8), rng.integers(0, 10, n))
-  test = (train[0][:batch_size], train[1][:batch_size])
-  return pipeline.Dataset(info, train, test, batch_size=batch_size, eval_batch_size=batch_size)
-
-
 def _pipeline_rate(input_shape, batch_size: int, steps: int = 50) -> float:
   """Images/s of `cnnjax.data.pipeline.Dataset.train_batches` (to device) on synthetic uint8 data."""
-  ds = _synthetic_dataset(input_shape, batch_size, steps)
+  ds = timed_step.synthetic_dataset(input_shape, batch_size, steps)
   t = time.perf_counter()
   count = 0
   for batch in ds.train_batches(0):
@@ -159,31 +131,17 @@ def _torch_runner(name: str, input_shape, batch_size: int, jax_params: int):
 # ----------------------------------------------------------------------------- one model
 
 
-def _run(name: str, input_shape, batch_size: int, implementation: str, microbatches: int,
-         optimizer: str = "adam", sam_base: str = "adam") -> build.Run:
-  """The run a training job of ``name`` would build (default config: Adam, cross-entropy)."""
-  config = config_lib.get_config()
-  config.model, config.batch_size, config.eval_batch_size = name, batch_size, batch_size
-  config.augment.crop_padding, config.validation_fraction = 0, 0.0
-  config.optimizer.name, config.optimizer.sam_base = optimizer, sam_base
-  config_lib.validate(config)
-  return build.build_run(config, data=_synthetic_dataset(input_shape, batch_size, 1),
-                         implementation=implementation, microbatches=microbatches)
-
-
 def benchmark_model(name: str, *, batch_size: int, windows: int, steps_per_window: int,
                     requested_microbatches: int, compare_torch: bool, donate: bool,
                     peak_gflops: float, implementation: str = "auto",
                     optimizer: str = "adam", sam_base: str = "adam") -> dict[str, object]:
   """Measures one model; returns the per-model JSON record."""
-  input_shape = INPUT_SHAPES.get(name, (32, 32, 3))
-  run = _run(name, input_shape, batch_size, implementation, requested_microbatches,
+  input_shape = timed_step.INPUT_SHAPES.get(name, (32, 32, 3))
+  run = timed_step.build(name, input_shape, batch_size, implementation, requested_microbatches,
              optimizer, sam_base)
   state, model, microbatches, n_params = run.state, run.model, run.microbatches, run.num_params
   step = jax.jit(run.train_step(), donate_argnums=(0,) if donate else ())
-  rng = np.random.default_rng(0)
-  batch = {"image": jnp.asarray(rng.random((batch_size, *input_shape), np.float32)),
-           "label": jnp.asarray(rng.integers(0, 10, batch_size), jnp.int32)}
+  batch = timed_step.synthetic_batch(input_shape, batch_size)
   key = jax.random.key(0)
 
   t = time.perf_counter()
@@ -292,7 +250,8 @@ def main(argv: list[str]) -> None:
   del argv
   cli.configure_process(cache=False)  # compile_seconds is a compilation, not a cache load
   if FLAGS.models == ["all"]:
-    FLAGS.models = [m for m in models.model_names() if m != "tiny_cnn" and m not in SCENE_MODELS]
+    FLAGS.models = [m for m in models.model_names()
+                    if m != "tiny_cnn" and m not in timed_step.SCENE_MODELS]
   unknown = [m for m in FLAGS.models if m not in models.MODELS]
   if unknown:
     cli.fail(f"--models has unknown model(s) {unknown}; expected some of {models.model_names()}")

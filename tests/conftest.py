@@ -59,6 +59,7 @@ QUICK_CASES = {
     "test_scale_acts_on_every_named_optimizer": 6,
     "test_signal_during_startup_ends_the_run_cleanly": 1,
     "test_bad_benchmark_and_strategy_input_is_one_line": 1,
+    "test_profile_step_bad_input_is_one_line_exit_2": 1,
 }
 EXHAUSTIVE_TESTS = (
     # Every model trains on a fixed batch in the quick tier except these larger ones

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cnnjax import models
-from experiments import benchmark
+from experiments import benchmark, timed_step
 
 
 def test_benchmark_model_smoke():
@@ -55,7 +55,7 @@ TWIN_SHAPES = [("simple_cnn", (32, 32, 3)), ("keras_cifar_cnn", (32, 32, 3)),
 
 def test_every_model_has_a_twin():
   torch_twins = pytest.importorskip("experiments.torch_twins")
-  classifiers = set(models.MODELS) - set(benchmark.SCENE_MODELS)
+  classifiers = set(models.MODELS) - set(timed_step.SCENE_MODELS)
   assert {n for n, _ in TWIN_SHAPES} == classifiers == set(torch_twins.TWINS)
 
 

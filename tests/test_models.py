@@ -399,6 +399,45 @@ def test_batchnorm_matches_flax():
                              atol=1e-5)
 
 
+def _bn_grads(module, variables, x, w):
+  """Gradients (x, scale, bias) of a non-linear read-out of training-mode BatchNorm."""
+  def loss(x, params):
+    y, _ = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                        mutable=["batch_stats"])
+    return jnp.sum(w * jnp.sin(y))
+  gx, gp = jax.grad(loss, argnums=(0, 1))(x, variables["params"])
+  return gx, gp["scale"], gp["bias"]
+
+
+def test_batchnorm_gradient_matches_flax_autodiff():
+  # Reference: XLA's derivative of flax.linen.BatchNorm (an independent forward
+  # formula); ours is the closed form of cnnjax.models.batch_norm.
+  x = jax.random.normal(jax.random.key(0), (6, 3, 3, 5)) * 3 + 1
+  w = jax.random.normal(jax.random.key(2), x.shape)
+  variables = {"params": {"scale": jnp.linspace(0.5, 2, 5), "bias": jnp.arange(5.0)},
+               "batch_stats": {"mean": jnp.zeros(5), "var": jnp.ones(5)}}
+  ours = _bn_grads(layers.BatchNorm(use_running_average=False), variables, x, w)
+  ref = _bn_grads(nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5),
+                  variables, x, w)
+  for a, b in zip(ours, ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_batchnorm_ghost_gradient_equals_separate_groups():
+  x = jax.random.normal(jax.random.key(0), (8, 2, 2, 3)) * jnp.array([1.0, 5.0, 0.1]) + 2
+  w = jax.random.normal(jax.random.key(3), x.shape)
+  plain = layers.BatchNorm(use_running_average=False)
+  variables = plain.init(jax.random.key(1), x)
+  variables = {"params": {"scale": jnp.array([0.5, 1.0, 2.0]), "bias": jnp.ones(3)},
+               "batch_stats": variables["batch_stats"]}
+  gx, gs, gb = _bn_grads(layers.BatchNorm(use_running_average=False, ghost_batches=2),
+                         variables, x, w)
+  halves = [_bn_grads(plain, variables, x[i:i + 4], w[i:i + 4]) for i in (0, 4)]
+  np.testing.assert_allclose(gx, jnp.concatenate([halves[0][0], halves[1][0]]), atol=1e-5)
+  np.testing.assert_allclose(gs, halves[0][1] + halves[1][1], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(gb, halves[0][2] + halves[1][2], rtol=1e-5, atol=1e-5)
+
+
 def test_batchnorm_ghost_batches_equal_separate_groups():
   x = jax.random.normal(jax.random.key(0), (8, 2, 2, 3)) * jnp.array([1.0, 5.0, 0.1]) + 2
   ghost = layers.BatchNorm(use_running_average=False, ghost_batches=2)

@@ -13,8 +13,10 @@ Three formulations exist for the convolution:
   hand-written gradient computes dx as a plain forward convolution of the
   dilated, padded dy with the flipped kernel, and the kernel gradient as a
   forward convolution of the transposed input with the transposed dy, both
-  chunked over the batch. XLA's own CPU gradients of a convolution (lhs-dilated and
-  batch-grouped convolutions) run 2-10x slower, worst inside loops.
+  chunked over the batch (each with its own budget: `GRAD_CHUNK_BYTES`,
+  `STRIDED_INPUT_GRAD_CHUNK_BYTES`, `KERNEL_GRAD_CHUNK_BYTES`). XLA's own CPU
+  gradients of a convolution (lhs-dilated and batch-grouped convolutions) run
+  2-10x slower, worst inside loops.
 * ``"matmul"``: im2col patches times the reshaped kernel (one matrix multiply
   per batch chunk, with a hand-written chunked gradient). The previous CPU
   default, kept for comparison.
@@ -23,7 +25,9 @@ Pooling with a window equal to its stride is, outside ``"lax"``, a reduction
 over a reshaped ``[N, Ho, a, Wo, b, C]`` view with a hand-written gradient
 that sends each window's gradient to its first maximal entry in row-major
 order, the rule of lax's select-and-scatter: values and gradients equal
-``"lax"`` exactly, ties included. Overlapping windows use `lax.reduce_window`.
+``"lax"`` exactly, ties included. A 1x1 window without padding (the ResNets'
+option-A shortcut) is the strided slice `subsample`. Other overlapping or strided
+windows use `lax.reduce_window`.
 
 `conv_relu_max_pool` runs a conv -> ReLU -> max-pool block as one op under
 ``"hybrid"`` (pooling before the ReLU, with which the max commutes).
@@ -44,6 +48,7 @@ effect of each piece is in ``docs/performance.md``.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -69,6 +74,20 @@ PATCH_CHUNK_BYTES = 2**21
 # two chunks vs whole, mnist_cnn at batch 128: conv2 dx 23.2 -> 19.8 ms on one
 # core; 1,821-1,843 -> 1,857-1,893 images/s on two (same process, alternating).
 GRAD_CHUNK_BYTES = 2**23
+
+# The kernel gradient's own x + dy block budget (bytes), smaller than the input
+# gradient's. resnet20 at batch 128 (2-core CPU): its 16-channel 32x32 kernel
+# gradient took 25.8 / 19.8 / 14.5 ms in 1 / 2 / 8 chunks; the whole train step,
+# paired windows in one process: 2**20 vs 2**23: resnet20 x1.10, bn_cnn x1.04,
+# vgg_small x1.01, keras_cifar_cnn x0.98, mnist_cnn x0.99 (the last three within
+# the windows' spread).
+KERNEL_GRAD_CHUNK_BYTES = 2**20
+
+# The input gradient of a strided convolution convolves a dilated dy that is mostly
+# zeros (3/4 for stride 2); its budget (bytes of dilated, padded dy + dx per
+# example) is smaller: resnet20's 16 -> 32 stride-2 input gradient at batch 128
+# took 21.0 ms whole, 12.1 ms in 8 chunks.
+STRIDED_INPUT_GRAD_CHUNK_BYTES = 2**21
 
 # Below this many input channels the "hybrid" forward pass is im2col + matmul:
 # XLA's convolution is slow for Cin = 1 or 3 (keras_cifar_cnn: 3,545 vs 3,355
@@ -263,12 +282,24 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...],
                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
-def _grad_chunks(batch: int, bytes_per_example: int) -> int:
-  """Fewest equal batch chunks whose x and dy blocks fit GRAD_CHUNK_BYTES."""
+def _grad_chunks(batch: int, bytes_per_example: int, budget: int | None = None) -> int:
+  """Fewest equal batch chunks whose per-example blocks fit ``budget`` (GRAD_CHUNK_BYTES)."""
+  budget = GRAD_CHUNK_BYTES if budget is None else budget
   for m in range(1, batch + 1):
-    if batch % m == 0 and (batch // m) * bytes_per_example <= GRAD_CHUNK_BYTES:
+    if batch % m == 0 and (batch // m) * bytes_per_example <= budget:
       return m
   return batch
+
+
+def _input_grad_chunks(x_shape, g_shape, kernel_shape, strides, itemsize: int) -> int:
+  """Batch chunks of the input gradient: see STRIDED_INPUT_GRAD_CHUNK_BYTES."""
+  per_x, per_g = math.prod(x_shape[1:]), math.prod(g_shape[1:])
+  if strides == (1, 1):
+    return _grad_chunks(x_shape[0], (per_x + per_g) * itemsize)
+  kh, kw, _, _ = kernel_shape
+  dilated = (x_shape[1] + kh) * (x_shape[2] + kw) * g_shape[-1]
+  return _grad_chunks(x_shape[0], (dilated + per_x) * itemsize,
+                      STRIDED_INPUT_GRAD_CHUNK_BYTES)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
@@ -286,16 +317,21 @@ def _hybrid_conv_bwd(strides, pads, im2col_forward, residuals, g):
   del im2col_forward
   x, kernel = residuals
   itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
-  chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize)
   # jit drops dx where x needs no gradient (a model's first layer).
+  chunks = _input_grad_chunks(x.shape, g.shape, kernel.shape, strides, itemsize)
   if chunks == 1:
     dx = _input_grad(g, kernel, x.shape, strides, pads)
+  else:
+    chunk_shape = (x.shape[0] // chunks, *x.shape[1:])
+    dx = lax.map(lambda gc: _input_grad(gc, kernel, chunk_shape, strides, pads),
+                 g.reshape(chunks, -1, *g.shape[1:]))
+    dx = dx.reshape(x.shape)
+  chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize, KERNEL_GRAD_CHUNK_BYTES)
+  if chunks == 1:
     dkernel = _kernel_grad_chunk(x, g, kernel.shape, strides, pads)
   else:
     xs = x.reshape(chunks, -1, *x.shape[1:])
     gs = g.reshape(chunks, -1, *g.shape[1:])
-    dx = lax.map(lambda gc: _input_grad(gc, kernel, xs.shape[1:], strides, pads), gs)
-    dx = dx.reshape(x.shape)
     dkernel, _ = lax.scan(
         lambda acc, xg: (acc + _kernel_grad_chunk(xg[0], xg[1], kernel.shape, strides, pads), None),
         jnp.zeros(kernel.shape, jnp.result_type(x.dtype, g.dtype)), (xs, gs))
@@ -419,10 +455,36 @@ def max_pool(
   """
   window = tuple(int(w) for w in window)
   strides = window if strides is None else tuple(int(s) for s in strides)
-  if resolve(implementation) == "lax" or not _is_tiling(window, strides):
+  if resolve(implementation) == "lax":
+    return max_pool_lax(x, window, strides, padding)
+  if window == (1, 1) and _no_padding(x.shape[1:3], strides, padding):
+    return subsample(x, strides)
+  if not _is_tiling(window, strides):
     return max_pool_lax(x, window, strides, padding)
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], window, window, padding))
   return _tiled_max_pool(x, window, pads)
+
+
+def _no_padding(shape: Sequence[int], strides: tuple[int, int], padding: Padding) -> bool:
+  return all(p == (0, 0) for p in _spatial_pads(shape, (1, 1), strides, padding))
+
+
+def subsample(x: jax.Array, strides: Sequence[int]) -> jax.Array:
+  """``x[:, ::sh, ::sw]``: a max pool with a 1x1 window and no padding.
+
+  Used for it outside ``"lax"``. Its gradient is a pad with interior zeros; the
+  gradient of lax's strided `reduce_window` is a select-and-scatter that
+  XLA:CPU lowers to a scatter with four full-size index arrays (resnet20's two
+  option-A shortcuts: ~90 ms of thread time per batch-128 step, 2-core CPU).
+  Values and gradients equal lax's exactly.
+
+  Examples:
+    >>> subsample(jnp.arange(9.0).reshape(1, 3, 3, 1), (2, 2))[0, :, :, 0]
+    Array([[0., 2.],
+           [6., 8.]], dtype=float32)
+  """
+  sh, sw = (int(s) for s in strides)
+  return x[:, ::sh, ::sw]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
