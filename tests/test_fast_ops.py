@@ -298,7 +298,7 @@ def _train_losses(model_name, input_shape, implementation, steps=5, microbatches
     # mnist_cnn has dropout, whose masks are drawn per micro-batch: a split
     # changes the trajectory whatever the formulation, so compare whole batches.
     ("mnist_cnn", (28, 28, 1), 1, 5),
-    # BatchNorm (its closed-form gradient) with the hybrid convolutions, and the
+    # BatchNorm with the hybrid convolutions (chunked gradients), and the
     # residual network's strided convolutions and option-A subsample shortcuts.
     # resnet20's batch statistics over 16 examples amplify rounding differences:
     # its losses agree to 2e-5 for 4 steps and drift apart by 1.5e-4 at the 5th.

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from cnnjax.models import batch_norm, fast_ops
+from cnnjax.models import fast_ops
 
 Dtype = Any  # a jnp dtype or its name ("float32", "bfloat16")
 Initializer = Callable[..., jax.Array]
@@ -393,19 +393,19 @@ class BatchNorm(nn.Module):
     if n % g:
       raise ValueError(
           f"BatchNorm ghost_batches ({g}) must divide the batch size ({n})")
-    if self.axis_name is None:
-      # One op with the closed-form gradient (`cnnjax.models.batch_norm`).
-      y, mean, var = batch_norm.normalize(x32, scale, bias, groups=g, epsilon=self.epsilon)
-    else:
-      # [G, N/G, ..., C]: statistics over every axis but the group and feature axes.
-      xg = x32.reshape(g, n // g, *x.shape[1:])
-      axes = tuple(range(1, xg.ndim - 1))
-      mean = lax.pmean(xg.mean(axis=axes, keepdims=True), self.axis_name)
-      # Two-pass variance (no E[x^2] - E[x]^2 cancellation); the second pass uses
-      # the global mean, so it is the exact global variance.
-      var = lax.pmean(jnp.square(xg - mean).mean(axis=axes, keepdims=True), self.axis_name)
-      y = (xg - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
-      y = y.reshape(x.shape)
+    # [G, N/G, ..., C]: statistics over every axis but the group and feature axes.
+    xg = x32.reshape(g, n // g, *x.shape[1:])
+    axes = tuple(range(1, xg.ndim - 1))
+    mean = xg.mean(axis=axes, keepdims=True)
+    if self.axis_name is not None:
+      mean = lax.pmean(mean, self.axis_name)
+    # Two-pass variance (no E[x^2] - E[x]^2 cancellation); under pmean the
+    # second pass uses the global mean, so it is the exact global variance.
+    var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
+    if self.axis_name is not None:
+      var = lax.pmean(var, self.axis_name)
+    y = (xg - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
+    y = y.reshape(x.shape)
 
     if not self.is_initializing():
       m = self.momentum
