@@ -302,7 +302,8 @@ def _train_losses(model_name, input_shape, implementation, steps=5, microbatches
     # residual network's strided convolutions and option-A subsample shortcuts.
     # resnet20's batch statistics over 16 examples amplify rounding differences:
     # its losses agree to 2e-5 for 4 steps and drift apart by 1.5e-4 at the 5th.
-    ("bn_cnn", (8, 8, 1), 1, 5),
+    # Both in the full tier (three compilations each; the quick tier's time is spent).
+    pytest.param("bn_cnn", (8, 8, 1), 1, 5, marks=pytest.mark.slow),
     pytest.param("resnet20", (8, 8, 3), 1, 4, marks=pytest.mark.slow),
 ])
 def test_training_trajectory_matches_lax(model_name, input_shape, microbatches, steps):
