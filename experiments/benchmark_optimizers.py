@@ -59,7 +59,7 @@ def main(argv):
     loaded = _workloads(bench)
   except ValueError as e:
     cli.fail(str(e), exc=e)
-  cli.configure_process()
+  cli.configure_process(cpu_lanes=True)
   workdir = _WORKDIR.value or os.path.join(
       "runs", f"optimizer_benchmark-{datetime.datetime.now():%Y%m%d-%H%M%S}")
   try:

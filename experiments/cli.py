@@ -177,14 +177,35 @@ def compilation_cache() -> str | None:
   return path
 
 
-def configure_process(*, cache: bool = True) -> dict:
+CPU_DEVICES_ENV = "JAX_NUM_CPU_DEVICES"
+
+
+def cpu_devices_per_core() -> int:
+  """Gives JAX one CPU device per core (at most 8) unless ``$JAX_NUM_CPU_DEVICES`` says how
+  many; returns the number asked for. The study commands call it, before JAX's first
+  computation, so that their "lanes" strategy trains one run per core
+  (`cnnjax.study.lanes`); a single run still uses one device (``parallel`` picks it).
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from cnnjax.study import lanes  # pylint: disable=g-import-not-at-top
+  if os.environ.get(CPU_DEVICES_ENV):
+    return int(jax.config.jax_num_cpu_devices)
+  n = lanes.cpu_device_count()
+  jax.config.update("jax_num_cpu_devices", n)
+  return n
+
+
+def configure_process(*, cache: bool = True, cpu_lanes: bool = False) -> dict:
   """The entry points' process settings; returns what `cpu_runtime.configure` applied.
 
   ``cache=False`` leaves JAX's persistent compilation cache off (the benchmark measures
-  compilation itself).
+  compilation itself); ``cpu_lanes=True`` asks for one CPU device per core
+  (`cpu_devices_per_core`, the study commands).
   """
   from cnnjax import cpu_runtime  # pylint: disable=g-import-not-at-top
   applied = cpu_runtime.configure()
+  if cpu_lanes:
+    cpu_devices_per_core()
   if cache:
     compilation_cache()
   level = logging.INFO if verbose() else logging.WARNING

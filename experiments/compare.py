@@ -29,8 +29,9 @@ _MEASURE = flags.DEFINE_bool(
     "measure_vmap", False, "Also time the largest group: vmapped vs one run after another.")
 _MEASURE_STEPS = flags.DEFINE_integer("measure_steps", 40, "Train steps timed by --measure_vmap.")
 _STRATEGY = flags.DEFINE_string(
-    "strategy", None, "auto | vmap | sequential: how a group's runs share its compiled "
-    "program (default: the study's `strategy`, else auto = the faster on this backend).")
+    "strategy", None, "auto | vmap | sequential | lanes: how a group's runs share its "
+    "compiled program (default: the study's `strategy`, else auto = the fastest on this "
+    "backend: lanes on CPU, vmap on accelerators).")
 _VERBOSE = flags.DEFINE_bool("verbose", False, "Show full tracebacks and library logs.")
 
 
@@ -93,6 +94,20 @@ def _ranking(study, config) -> tuple[str, str]:
   return key, task.goal_of(metric)
 
 
+_STRATEGY_KINDS = {
+    "vmap": "vmapped group(s)",
+    "sequential": "group(s), each one compiled program trained run after run, an epoch per "
+                  "call (strategy sequential)",
+    "lanes": "group(s), each one compiled program trained one run per CPU core side by side, "
+             "an epoch per call (strategy lanes)",
+}
+_STRATEGY_NOTES = {
+    "vmap": "stacked with vmap). ",
+    "sequential": "one run after another, an epoch per compiled call). ",
+    "lanes": "one run per device side by side, an epoch per compiled call). ",
+}
+
+
 def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps: int = 40,
               log=_log, stop=None, strategy: str | None = None) -> dict:
   """Trains the study, writes results.json, report.md and plots/ into workdir.
@@ -105,15 +120,13 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   variants = grid.expand(study)
   vmap = study.get("vmap", True)
   strategy = vmapped.resolve_strategy(strategy or study.get("strategy", "auto") or "auto")
-  # Sequential runs may also share a program across optimizers (the choice a value).
+  # Un-vmapped runs may also share a program across optimizers (the choice a value).
   groups = grid.group_variants(variants, vmap=vmap,
-                               optimizer_as_value=strategy == "sequential")
+                               optimizer_as_value=strategy != "vmap")
   target = study.get("target", None)
   title = study.get("title", "") or "study"
   base = study.base
-  kind = (("vmapped group(s)" if strategy == "vmap" else
-           "group(s), each one compiled program trained run after run (strategy sequential)")
-          if vmap else "separate programs (vmap=False)")
+  kind = (_STRATEGY_KINDS[strategy] if vmap else "separate programs (vmap=False)")
   log(f"{title}: {len(variants)} runs in {len(groups)} {kind}; {base.model} on "
       f"{base.dataset}, {_budget(base)}; outputs in {workdir}")
   results, group_times = _train_groups(groups, target, log, stop,
@@ -137,7 +150,7 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
           f"{tuple(study.seeds)}. "
           + (f"Variants that differ only in seed, learning rate or loss shared one compiled "
              f"program ({len(groups)} group(s); strategy {strategy}: "
-             + ("stacked with vmap). " if strategy == "vmap" else "one run after another). ")
+             + _STRATEGY_NOTES[strategy]
              if vmap else
              "Every run was trained alone (vmap=False; programs shared through the "
              "compilation cache). ")
@@ -165,7 +178,7 @@ def main(argv):
   if _STRATEGY.value is not None and _STRATEGY.value not in STRATEGIES:
     cli.fail(f"--strategy={_STRATEGY.value!r} is not accepted; expected one of "
              f"{list(STRATEGIES)}")
-  cli.configure_process()
+  cli.configure_process(cpu_lanes=True)
   study = cli.config_value(_CONFIG, _UNSET)
   if study is None:
     cli.fail("--config is required, e.g. --config=experiments/configs/compare_optimizers.py")

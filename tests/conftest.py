@@ -60,13 +60,16 @@ QUICK_CASES = {
     "test_signal_during_startup_ends_the_run_cleanly": 1,
     "test_bad_benchmark_and_strategy_input_is_one_line": 1,
     "test_profile_step_bad_input_is_one_line_exit_2": 1,
+    "test_initializer_has_the_bits_of_a_default_compile": 1,
 }
 EXHAUSTIVE_TESTS = (
     # Every model trains on a fixed batch in the quick tier except these larger ones
-    # (their forward and backward passes are checked by the inspection and fast_ops tests).
+    # (their forward and backward passes are checked by the inspection and fast_ops tests;
+    # embedding_cnn trains end to end in tests/test_metric_learning.py).
     *(f"tests/test_models.py::test_trains_on_fixed_batch[{m}-" for m in (
         "resnet18", "resnet20", "fcn", "unet_small", "vgg_small", "keras_cifar_cnn",
-        "mnist_cnn", "simple_cnn", "lenet5", "tiny_unet", "loc_cnn", "seq_reader")),
+        "mnist_cnn", "simple_cnn", "lenet5", "tiny_unet", "loc_cnn", "seq_reader",
+        "embedding_cnn")),
     # End-to-end repeats of checks made op by op or in other tests.
     "tests/test_fast_ops.py::test_training_trajectory_matches_lax",
     "tests/test_fast_ops.py::test_models_fuse_only_in_training_and_keep_layers_for_inspection",
@@ -100,6 +103,10 @@ EXHAUSTIVE_TESTS = (
     "tests/test_diagnostics.py::test_landscape_command_writes_consistent_slices",
     "tests/test_scene_tasks.py::test_parallel_modes_match_one_device",
     "tests/test_scene_tasks.py::test_study_ranks_by_the_task_headline",
+    # vmap is the accelerator strategy ("auto" never takes it on CPU); the quick tier
+    # checks the sequential and lanes strategies against the same single runs.
+    "tests/test_study.py::test_group_equals_runs_trained_alone[vmap]",
+    "tests/test_study.py::test_diverged_variant_is_marked_and_isolated[vmap]",
 )
 
 

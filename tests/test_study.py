@@ -101,26 +101,43 @@ def _parity_configs(data_dir):
 
 
 @pytest.fixture(scope="module")
-def parity(data_dir, tmp_path_factory):
-  """Three value-variants (seed, lr, loss) + one that diverges, in one vmapped group."""
-  configs = _parity_configs(data_dir)
-  grouped = train_group(configs, target=0.5, strategy="vmap")
-  alone = [loop.train_and_evaluate(c, str(tmp_path_factory.mktemp("alone")))
-           for c in configs[:3]]
-  return grouped, alone
+def alone(data_dir, tmp_path_factory):
+  """The three finite value-variants (seed, lr, loss), each trained by the single-run
+  trainer."""
+  return [loop.train_and_evaluate(c, str(tmp_path_factory.mktemp("alone")))
+          for c in _parity_configs(data_dir)[:3]]
 
 
 @pytest.fixture(scope="module")
-def parity_sequential(data_dir, parity):
-  """The same group trained with the sequential strategy (one un-vmapped program)."""
-  return train_group(_parity_configs(data_dir), target=0.5, strategy="sequential"), parity[1]
+def parity(data_dir, alone):
+  """The three value-variants + one that diverges, in one vmapped group."""
+  return train_group(_parity_configs(data_dir), target=0.5, strategy="vmap"), alone
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+@pytest.fixture(scope="module")
+def parity_sequential(data_dir, alone):
+  """The same group trained with the sequential strategy (one un-vmapped program, each
+  epoch in chunks of 10 steps: the 20 + 10 steps share one compiled scan)."""
+  return train_group(_parity_configs(data_dir), target=0.5, strategy="sequential"), alone
+
+
+@pytest.fixture(scope="module")
+def parity_lanes(data_dir, alone):
+  """The same group in lanes: two runs at a time, one per CPU device (of the test run's 8,
+  as many as the machine has cores, at most 2 on CI)."""
+  return train_group(_parity_configs(data_dir), target=0.5, strategy="lanes"), alone
+
+
+_PARITY = {"vmap": "parity", "sequential": "parity_sequential", "lanes": "parity_lanes"}
+
+
+@pytest.mark.parametrize("strategy", ["vmap", "sequential", "lanes"])
 def test_group_equals_runs_trained_alone(strategy, request):
-  grouped, alone = request.getfixturevalue(
-      "parity" if strategy == "vmap" else "parity_sequential")
+  grouped, alone = request.getfixturevalue(_PARITY[strategy])
   assert {g["strategy"] for g in grouped} == {strategy}
+  from cnnjax.study import lanes
+  assert {g["lanes"] for g in grouped} == (
+      {min(4, lanes.cpu_cores())} if strategy == "lanes" else {4 if strategy == "vmap" else 1})
   for g, a in zip(grouped, alone):
     assert not g["diverged"]
     assert len(g["history"]) == len(a["history"]) == 2
@@ -137,18 +154,22 @@ def test_group_equals_runs_trained_alone(strategy, request):
   assert len({round(g["test_loss"], 6) for g in grouped[:3]}) == 3
 
 
-def test_sequential_group_across_optimizers_equals_runs_alone(data_dir, parity, tmp_path):
-  """Momentum and Adam in one group (one `optimizers.switched` program): each run as
-  trained alone by the single-run trainer."""
-  configs = _parity_configs(data_dir)[:1] + [tiny(data_dir, 1, learning_rate=3e-3)]
+def test_lanes_across_optimizers_equal_runs_alone(data_dir, alone, tmp_path):
+  """Momentum and Adam in one group (one `optimizers.switched` program), three runs in
+  lanes of two (the second pair padded with a copy of its run): each run as trained alone
+  by the single-run trainer."""
+  configs = [*_parity_configs(data_dir)[:1], tiny(data_dir, 1, learning_rate=3e-3),
+             _parity_configs(data_dir)[1]]
   configs[1].optimizer.name = "adam"
   from cnnjax.study import grid
   assert grid.group_key(configs[0]) != grid.group_key(configs[1])
   assert (grid.group_key(configs[0], optimizer_as_value=True)
           == grid.group_key(configs[1], optimizer_as_value=True))
-  grouped = train_group(configs, strategy="sequential")
-  alone = [parity[1][0], loop.train_and_evaluate(configs[1], str(tmp_path / "adam"))]
-  for g, a in zip(grouped, alone):
+  grouped = train_group(configs, strategy="lanes")
+  assert len(grouped) == 3
+  references = [alone[0], loop.train_and_evaluate(configs[1], str(tmp_path / "adam")),
+                alone[1]]
+  for g, a in zip(grouped, references):
     for hg, ha in zip(g["history"], a["history"]):
       np.testing.assert_allclose(hg["train_loss"], ha["train_loss"], rtol=1e-4)
       np.testing.assert_allclose(hg["val_loss"], ha["val_loss"], rtol=1e-4)
@@ -157,10 +178,9 @@ def test_sequential_group_across_optimizers_equals_runs_alone(data_dir, parity, 
   assert abs(grouped[0]["test_loss"] - grouped[1]["test_loss"]) > 1e-3
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "sequential"])
+@pytest.mark.parametrize("strategy", ["vmap", "sequential", "lanes"])
 def test_diverged_variant_is_marked_and_isolated(strategy, request):
-  grouped, _ = request.getfixturevalue(
-      "parity" if strategy == "vmap" else "parity_sequential")
+  grouped, _ = request.getfixturevalue(_PARITY[strategy])
   bad = grouped[3]
   assert bad["diverged"] and bad["diverged_step"] is not None and bad["test_accuracy"] is None
   assert all(math.isfinite(g["test_loss"]) for g in grouped[:3])
@@ -174,8 +194,8 @@ def test_welch_matches_scipy():
   assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-9)
 
 
-def test_report_and_plots(parity, tmp_path):
-  grouped, _ = parity
+def test_report_and_plots(parity_lanes, tmp_path):
+  grouped, _ = parity_lanes
   results = []
   for i, r in enumerate(grouped):
     setting = ["sgd lr=0.05 / ce", "sgd lr=0.1 / ce", "sgd lr=0.05 / focal", "sgd lr=1e+30 / ce"][i]
@@ -200,7 +220,7 @@ def test_report_and_plots(parity, tmp_path):
 
 def test_strategy_resolution_and_bad_names():
   from cnnjax.study import resolve_strategy
-  assert resolve_strategy("auto", "cpu") == "sequential"
+  assert resolve_strategy("auto", "cpu") == "lanes"
   assert resolve_strategy("auto", "gpu") == "vmap" and resolve_strategy("auto", "tpu") == "vmap"
   assert resolve_strategy("vmap", "cpu") == "vmap"
   with pytest.raises(ValueError, match="'fast' is not one of"):

@@ -100,7 +100,8 @@ def test_workdir_of_another_config_is_refused(finished_run):
 
 
 def _tiny_state_and_batch():
-  model = get_model("bn_cnn", num_classes=10)
+  # tiny_cnn: bn_cnn's layers (conv, BatchNorm, ReLU, pooling, dense), one conv per stage.
+  model = get_model("tiny_cnn", num_classes=10)
   state = create_train_state(jax.random.key(0), model, optax.adam(1e-3), (8, 8, 1))
   rng = np.random.default_rng(0)
   batch = {"image": jnp.asarray(rng.random((16, 8, 8, 1), np.float32)),
@@ -206,12 +207,38 @@ def test_auto_microbatches_rule():
   assert resolve_microbatches(4, per_device_batch=128, has_batch_norm=True, backend="cpu") == 4
 
 
+@pytest.mark.parametrize("name,shape", [("tiny_cnn", (8, 8, 1)), ("bn_cnn", (8, 8, 1)),
+                                        ("lenet5", (28, 28, 1)), ("resnet20", (32, 32, 3)),
+                                        ("unet_small", (16, 16, 1)), ("seq_reader", (8, 24, 1))])
+def test_initializer_has_the_bits_of_a_default_compile(name, shape):
+  """The initializer is compiled at a lower LLVM level (`state.INIT_COMPILER_OPTIONS`) to
+  build faster; parameters, statistics and optimizer state must still be bit for bit what
+  XLA's default level computes (a plain `jax.jit` of `model.init` + `tx.init`)."""
+  from cnnjax.training import state as state_lib
+  num_classes = 12 if name == "seq_reader" else 10
+  model, tx = get_model(name, num_classes=num_classes), optax.adam(1e-3)
+  key = state_lib.run_keys(3)[0]
+  ours = state_lib.make_initializer(model, tx, shape)(key)
+
+  @jax.jit
+  def reference(k):
+    v = model.init({"params": k, "dropout": k}, jnp.zeros((1, *shape), jnp.float32),
+                   train=False)
+    return v["params"], v.get("batch_stats", {}), tx.init(v["params"])
+
+  for a, b in zip(jax.tree.leaves((ours.params, ours.batch_stats, ours.opt_state)),
+                  jax.tree.leaves(reference(key)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_eval_step_counts_only_masked_in_examples():
   state, batch = _tiny_state_and_batch()
   mask = jnp.asarray([1.0] * 10 + [0.0] * 6)
-  full = eval_step(state, {**batch, "mask": mask}, task=TASK, loss_fn=LOSS)
-  sliced = eval_step(state, {"image": batch["image"][:10], "label": batch["label"][:10],
-                             "mask": jnp.ones(10)}, task=TASK, loss_fn=LOSS)
+  # Jitted: op-by-op, the fast_ops formulations cost seconds of dispatch per call.
+  evaluate = jax.jit(lambda s, b: eval_step(s, b, task=TASK, loss_fn=LOSS))
+  full = evaluate(state, {**batch, "mask": mask})
+  sliced = evaluate(state, {"image": batch["image"][:10], "label": batch["label"][:10],
+                            "mask": jnp.ones(10)})
   assert float(full["count"]) == 10
   np.testing.assert_allclose(full["loss_sum"], sliced["loss_sum"], rtol=1e-6)
   np.testing.assert_array_equal(full["confusion"], sliced["confusion"])

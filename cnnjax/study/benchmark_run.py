@@ -156,7 +156,7 @@ def run_benchmark(bench: ml_collections.ConfigDict,
   cells, described, wall = {}, {}, {}
   for w in loaded:
     t_w = time.perf_counter()
-    cells[w.name] = _run_workload(bench, w, train, strategy == "sequential", spaces, log)
+    cells[w.name] = _run_workload(bench, w, train, strategy != "vmap", spaces, log)
     described[w.name] = {"description": w.description, "target": w.target,
                          "reference_note": _reference_note(w)}
     wall[w.name] = time.perf_counter() - t_w

@@ -74,7 +74,7 @@ _PRESENTATION_KEYS = ("progress", "log_every_steps")
 
 STUDY_KEYS = ("base", "optimizers", "learning_rates", "losses", "seeds", "target", "title",
               "conditions", "methods", "columns", "rank_by", "select_by", "vmap", "strategy")
-STRATEGIES = ("auto", "vmap", "sequential")
+STRATEGIES = ("auto", "vmap", "sequential", "lanes")
 
 
 @dataclasses.dataclass(frozen=True)

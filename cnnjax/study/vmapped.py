@@ -35,7 +35,9 @@ never mix, so its NaNs cannot reach the other runs.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -47,6 +49,7 @@ import ml_collections
 import numpy as np
 from jax import lax
 
+from cnnjax.study import lanes as lanes_lib
 from cnnjax.study.grid import STRATEGIES, group_key, switchable
 from cnnjax.training import tracking
 from cnnjax.training.build import Run, build_run, optimizer_key
@@ -78,8 +81,10 @@ class GroupRun:
     loss_index: int32 ``[K]``, each run's position among the group's distinct losses.
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
     eval_fn: jitted ``(state, batch [B,...], loss_index) -> summed metrics [K, ...]``.
-    single_train_fn, single_eval_fn: the same with a group of one (leading axis 1, loss
-      index ``[1]``), not vmapped: the sequential strategy's programs, valid for any run.
+    one_train: ``(state, batch [B, ...], rng, loss_index) -> (state, metrics)``, the
+      un-vmapped step of any one run of the group (no leading axis, not jitted): what the
+      sequential and lanes strategies compile (`cnnjax.study.lanes`).
+    one_eval: ``(state, batch, loss_index) -> summed metrics`` of one run, likewise.
   """
   runs: list[Run]
   state: Any
@@ -87,8 +92,8 @@ class GroupRun:
   loss_index: jax.Array
   train_fn: Callable
   eval_fn: Callable
-  single_train_fn: Callable
-  single_eval_fn: Callable
+  one_train: Callable
+  one_eval: Callable
 
   @property
   def first(self) -> Run:
@@ -99,13 +104,34 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   """Builds one group of (validated) configs that can share a program; nothing trained yet.
 
   Configs that differ in their optimizer (where `cnnjax.study.grid.switchable`) train
-  with one `cnnjax.optimizers.switched` chain: meant for the sequential strategy, where
-  only each run's own optimizer runs (vmapped, every run would compute every choice).
+  with one `cnnjax.optimizers.switched` chain: meant for the sequential and lanes
+  strategies, where only each run's own optimizer runs (vmapped, every run would compute
+  every choice).
 
   Raises:
     ValueError: an empty group, or configs that differ in more than seed / learning
       rate / loss (/ switchable optimizer).
   """
+  return _finish_group(_start_group(configs))
+
+
+@dataclasses.dataclass
+class _GroupStart:
+  """The first half of `build_group`: enough to trace the group's programs (the first run
+  and one run per distinct loss); the other runs are built by `_finish_group`."""
+  configs: Sequence[ml_collections.ConfigDict]
+  choices: Sequence[ml_collections.ConfigDict]
+  built: dict[int, Run]
+  position: dict[str, int]
+  one_train: Callable
+  one_eval: Callable
+
+  @property
+  def first(self) -> Run:
+    return self.built[0]
+
+
+def _start_group(configs: Sequence[ml_collections.ConfigDict]) -> _GroupStart:
   if not configs:
     raise ValueError("a study group needs at least one config, got none")
   # Different optimizers: one `optimizers.switched` chain, the choice a value in the state.
@@ -117,14 +143,16 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
                      f"{len(keys)} different structures")
   choices = configs if switch else ()
   first = build_run(configs[0], optimizer_choices=choices)
-  runs = [first] + [build_run(c, data=first.data, initializer=first.initializer,
-                              optimizer_choices=choices) for c in configs[1:]]
+  built = {0: first}
   position: dict[str, int] = {}
   loss_fns = []
-  for c, r in zip(configs, runs):
+  for k, c in enumerate(configs):
     if _loss_key(c) not in position:
+      if k not in built:
+        built[k] = build_run(c, data=first.data, initializer=first.initializer,
+                             optimizer_choices=choices)
       position[_loss_key(c)] = len(loss_fns)
-      loss_fns.append(r.loss_fn)
+      loss_fns.append(built[k].loss_fn)
 
   def select(index: jax.Array):
     if len(loss_fns) == 1:
@@ -137,6 +165,15 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   def one_eval(state, batch, index):
     return first.eval_step(select(index))(state, batch)
 
+  return _GroupStart(configs=configs, choices=choices, built=built, position=position,
+                     one_train=one_train, one_eval=one_eval)
+
+
+def _finish_group(start: _GroupStart) -> GroupRun:
+  configs, first, one_train, one_eval = start.configs, start.first, start.one_train, start.one_eval
+  runs = [start.built.get(k) or build_run(c, data=first.data, initializer=first.initializer,
+                                          optimizer_choices=start.choices)
+          for k, c in enumerate(configs)]
   # A group of one: the un-vmapped step (for a single loss the program `experiments.main`
   # compiles), with the group's leading axis of 1 around it.
   lead, drop = (lambda t: jax.tree.map(lambda x: x[None], t),
@@ -150,15 +187,14 @@ def build_group(configs: Sequence[ml_collections.ConfigDict]) -> GroupRun:
   return GroupRun(
       runs=runs, state=_stack([r.state for r in runs]),
       train_rngs=jnp.stack([r.train_rng for r in runs]),
-      loss_index=jnp.asarray([position[_loss_key(c)] for c in configs], jnp.int32),
+      loss_index=jnp.asarray([start.position[_loss_key(c)] for c in configs], jnp.int32),
       train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn),
-      single_train_fn=jax.jit(single_train, donate_argnums=0),
-      single_eval_fn=jax.jit(single_eval))
+      one_train=one_train, one_eval=one_eval)
 
 
 def resolve_strategy(strategy: str, backend: str | None = None) -> str:
-  """``"vmap"`` or ``"sequential"``: ``strategy`` itself, or for ``"auto"`` the faster one
-  measured on ``backend`` (default: JAX's): sequential on CPU, vmap on accelerators.
+  """``"vmap"``, ``"sequential"`` or ``"lanes"``: ``strategy`` itself, or for ``"auto"``
+  the fastest measured on ``backend`` (default: JAX's): lanes on CPU, vmap on accelerators.
 
   Raises:
     ValueError: ``strategy`` is not one of `STRATEGIES`.
@@ -167,16 +203,22 @@ def resolve_strategy(strategy: str, backend: str | None = None) -> str:
     raise ValueError(f"study strategy {strategy!r} is not one of {list(STRATEGIES)}")
   if strategy != "auto":
     return strategy
-  return "sequential" if (backend or jax.default_backend()) == "cpu" else "vmap"
+  return "lanes" if (backend or jax.default_backend()) == "cpu" else "vmap"
 
 
-def _one_of(g: GroupRun, k: int) -> GroupRun:
-  """Run ``k`` of ``g`` as a group of one that trains with ``g``'s single-run programs."""
-  run = g.runs[k]
-  return GroupRun(runs=[run], state=jax.tree.map(lambda x: x[k:k + 1], g.state),
-                  train_rngs=g.train_rngs[k:k + 1], loss_index=g.loss_index[k:k + 1],
-                  train_fn=g.single_train_fn, eval_fn=g.single_eval_fn,
-                  single_train_fn=g.single_train_fn, single_eval_fn=g.single_eval_fn)
+def _take(tree: Any, rows: Sequence[int]) -> Any:
+  rows = np.asarray(rows)
+  return jax.tree.map(lambda x: x[rows], tree)
+
+
+def _lane_part(g: GroupRun, rows: Sequence[int], programs: lanes_lib.LanePrograms) -> GroupRun:
+  """Runs ``rows`` of ``g`` as a group on ``programs``' lanes (placed one per device)."""
+  return GroupRun(runs=[g.runs[k] for k in rows],
+                  state=programs.put(_take(g.state, rows)),
+                  train_rngs=programs.put(g.train_rngs[np.asarray(rows)]),
+                  loss_index=programs.put(g.loss_index[np.asarray(rows)]),
+                  train_fn=programs.train, eval_fn=programs.eval,
+                  one_train=g.one_train, one_eval=g.one_eval)
 
 
 def _stacked_batches(g: GroupRun, epoch: int):
@@ -257,12 +299,45 @@ def _reaches(value: float, target: float, goal: str) -> bool:
   return value >= target if goal == "max" else value <= target
 
 
-def _compile(g: GroupRun) -> tuple[Callable, Callable]:
+def _epoch_lengths(first: Run) -> list[int]:
+  """Steps of each epoch (the last may be cut by the step budget)."""
+  lengths, left = [], first.total_steps
+  for _ in range(first.num_epochs):
+    lengths.append(max(0, min(first.steps_per_epoch, left)))
+    left -= lengths[-1]
+  return lengths
+
+
+def _probe_batch(run: Run) -> dict[str, np.ndarray]:
+  return next(run.data.train_batches(0))
+
+
+def _compile_vmapped(g: GroupRun) -> tuple[Callable, Callable]:
   probe = next(_stacked_batches(g, 0))
   train_fn = g.train_fn.lower(g.state, probe, g.train_rngs, g.loss_index).compile()
   eval_fn = g.eval_fn.lower(g.state, next(g.first.data.eval_batches("test")),
                             g.loss_index).compile()
   return train_fn, eval_fn
+
+
+def _compile_lanes(start: _GroupStart, programs: lanes_lib.LanePrograms, chunk: int
+                   ) -> Callable[[], tuple[Callable, Callable]]:
+  """Traces the lanes' programs now and compiles them in background threads (XLA
+  releases the GIL), so the group's other runs can be built meanwhile; returns a
+  function that waits for both executables."""
+  width, first = programs.size, start.first
+  lanes = lambda x, *lead: jax.ShapeDtypeStruct((width, *lead, *x.shape), x.dtype,
+                                                sharding=programs.sharding)
+  state = jax.tree.map(lanes, first.state)
+  rngs, index = lanes(first.train_rng), jax.ShapeDtypeStruct((width,), jnp.int32,
+                                                             sharding=programs.sharding)
+  probe = {k: lanes(v, chunk) for k, v in _probe_batch(first).items()}
+  train = programs.train.lower(state, probe, rngs, index)
+  evaluate = programs.eval.lower(state, next(first.data.eval_batches("test")), index)
+  pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="cnnjax-compile")
+  futures = [pool.submit(train.compile), pool.submit(evaluate.compile)]
+  pool.shutdown(wait=False)
+  return lambda: tuple(f.result() for f in futures)
 
 
 def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None = None,
@@ -279,8 +354,10 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
       reported per run (``steps_to_target``, ``epochs_to_target``, ``seconds_to_target``).
     select_by: a validation metric by which each run's best epoch is selected and tested.
     stop: a `cnnjax.training.signals.StopRequest` checked after every epoch.
-    strategy: one of `STRATEGIES`: the K runs stacked in one vmapped step, or trained
-      one after another with one compiled un-vmapped step ("auto": `resolve_strategy`).
+    strategy: one of `STRATEGIES` ("auto": `resolve_strategy`): ``"vmap"``, the K runs
+      stacked in one vmapped step; ``"sequential"``, one run after another, each epoch one
+      compiled call of the un-vmapped step (`cnnjax.study.lanes`); ``"lanes"``, the same
+      with ``L`` runs side by side, one per device (`cnnjax.study.lanes.lane_count`).
 
   Returns:
     Per run: ``history`` (per epoch: epoch, step, train_<metric>, val_<metric>, seconds),
@@ -291,39 +368,90 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     ``epochs_to_target``, ``seconds_to_target``, ``compile_seconds``, ``train_seconds``
     (the group's, shared by its K runs: its epochs, validation included),
     ``eval_seconds`` (the group's validation and test evaluations), ``group_size``,
-    ``strategy``; with
+    ``strategy``, ``lanes`` (runs trained side by side); with
     ``select_by`` also ``selected_epoch`` and ``selected_test_<metric>`` (the selected
     state, calibrated on its own validation result); ``start_test_<metric>`` (the
     initial state's test result) for a task with ``evaluate_at_start``. ``seconds`` and
-    ``seconds_to_target`` are a run's share of the training time: the group's wall time
-    divided by K when vmapped, the run's own time when sequential.
+    ``seconds_to_target`` are a run's share of the machine's time: the wall time of the
+    runs trained together divided by their number (K vmapped, L in lanes, 1 sequential).
   """
   log = log or (lambda _: None)
   strategy = resolve_strategy(strategy)
   t0 = time.perf_counter()
-  g = build_group(configs)
-  one_by_one = strategy == "sequential" and len(configs) > 1
-  # Each run's slice of the stacked state is taken when the run starts, not all at once.
-  parts = (_one_of(g, k) for k in range(len(configs))) if one_by_one else iter([g])
-  n_parts = len(configs) if one_by_one else 1
-  first = next(parts)
-  programs = _compile(first)
+  k_runs = len(configs)
+  if strategy == "vmap":
+    g = build_group(configs)
+    width, parts = k_runs, iter([g])
+    programs = _compile_vmapped(g)
+    run_epoch, width_of = _vmapped_epoch, [k_runs]
+  else:
+    start = _start_group(configs)
+    width = 1 if strategy == "sequential" else lanes_lib.lane_count(k_runs)
+    lane_programs = lanes_lib.LanePrograms(start.one_train, start.one_eval,
+                                           jax.local_devices()[:width])
+    lengths = [n for n in _epoch_lengths(start.first) if n]
+    batch_bytes = sum(v.nbytes for v in _probe_batch(start.first).values())
+    chunk = lanes_lib.chunk_steps(lengths[0], lengths[-1], width * batch_bytes)
+    compiled = _compile_lanes(start, lane_programs, chunk)
+    g = _finish_group(start)
+    programs = compiled()
+    # Each part: L runs (the last padded with copies of its last run, results dropped).
+    rows = [list(range(i, min(i + width, k_runs))) for i in range(0, k_runs, width)]
+    width_of = [len(r) for r in rows]
+    rows = [r + [r[-1]] * (width - len(r)) for r in rows]
+    parts = (_lane_part(g, r, lane_programs) for r in rows)
+    run_epoch = functools.partial(_lanes_epoch, chunk=chunk, put=lane_programs.put)
   compile_seconds = time.perf_counter() - t0
+  n_parts = 1 if strategy == "vmap" else len(rows)
   results, train_seconds, eval_seconds = [], 0.0, 0.0
-  for i, part in enumerate(itertools.chain([first], parts)):
-    part_label = label + (f" run {i + 1}/{n_parts}" if n_parts > 1 else "")
-    results += _train_part(part, programs, part_label, target, select_by, stop, log)
-    train_seconds += results[-1]["train_seconds"]
-    eval_seconds += results[-1]["eval_seconds"]
+  for i, part in enumerate(parts):
+    part_label = label + (f" runs {i * width + 1}-{i * width + width_of[i]}/{k_runs}"
+                          if n_parts > 1 and width > 1 else
+                          f" run {i + 1}/{n_parts}" if n_parts > 1 else "")
+    out = _train_part(part, programs, run_epoch, part_label, target, select_by, stop, log)
+    results += out if strategy == "vmap" else out[:width_of[i]]
+    train_seconds += out[-1]["train_seconds"]
+    eval_seconds += out[-1]["eval_seconds"]
   for r in results:
     r.update(compile_seconds=compile_seconds, train_seconds=train_seconds,
-             eval_seconds=eval_seconds, group_size=len(configs), strategy=strategy)
+             eval_seconds=eval_seconds, group_size=k_runs, strategy=strategy, lanes=width)
   return results
 
 
-def _train_part(g: GroupRun, programs, label: str, target, select_by: str, stop,
+def _vmapped_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int):
+  """``steps`` vmapped steps of ``epoch``; per step a dict of metrics ``[K]``."""
+  pending = []
+  for batch in itertools.islice(_stacked_batches(g, epoch), steps):
+    state, metrics = train_fn(state, batch, g.train_rngs, g.loss_index)
+    pending.append(metrics)
+  return state, jax.device_get(pending)
+
+
+def _lanes_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int, *, chunk: int, put):
+  """``steps`` steps of ``epoch`` on the lanes, ``chunk`` per compiled call; per step a
+  dict of metrics ``[L]``."""
+  seeds = [r.config.seed for r in g.runs]
+  by_seed = {r.config.seed: r for r in g.runs}
+  iters = {s: by_seed[s].data.train_batches(epoch) for s in dict.fromkeys(seeds)}
+  pending = []
+  for _ in range(steps // chunk):
+    per_seed = {s: list(itertools.islice(it, chunk)) for s, it in iters.items()}
+    # [L, chunk, B, ...]: lane l's rows from its own seed's order.
+    batches = {k: np.stack([np.stack([b[k] for b in per_seed[s]]) for s in seeds])
+               for k in per_seed[seeds[0]][0]}
+    state, metrics = train_fn(state, put(batches), g.train_rngs, g.loss_index)
+    pending.append(metrics)
+  steps_metrics = []
+  for m in jax.device_get(pending):
+    steps_metrics += [{n: v[:, j] for n, v in m.items()}
+                      for j in range(next(iter(m.values())).shape[1])]
+  return state, steps_metrics
+
+
+def _train_part(g: GroupRun, programs, run_epoch, label: str, target, select_by: str, stop,
                 log: Log) -> list[dict[str, Any]]:
-  """Trains ``g`` (a whole vmapped group, or one run of it) with compiled ``programs``."""
+  """Trains ``g`` (a whole vmapped group, or the runs of one set of lanes) with compiled
+  ``programs``."""
   train_fn, eval_fn = programs
   lanes = [_Lane(r, target, select_by) for r in g.runs]
   t_eval = time.perf_counter()
@@ -331,7 +459,8 @@ def _train_part(g: GroupRun, programs, label: str, target, select_by: str, stop,
            else [{}] * len(lanes))
   start_seconds = time.perf_counter() - t_eval
   state, best, step, train_seconds, val_seconds = _train_epochs(
-      g, train_fn, eval_fn, lanes, log, label, bool(select_by), stop)
+      g, functools.partial(run_epoch, g, train_fn), eval_fn, lanes, log, label,
+      bool(select_by), stop)
   has_val = g.first.data.num_examples("validation") > 0
   t_eval = time.perf_counter()
   test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
@@ -352,7 +481,7 @@ def _train_part(g: GroupRun, programs, label: str, target, select_by: str, stop,
   return results
 
 
-def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, select: bool,
+def _train_epochs(g: GroupRun, run_epoch, eval_fn, lanes, log: Log, label: str, select: bool,
                   stop):
   """The epochs of a group; returns the final state, the selected states, steps, and the
   seconds of the epochs (validation included) and of their validations."""
@@ -361,18 +490,15 @@ def _train_epochs(g: GroupRun, train_fn, eval_fn, lanes, log: Log, label: str, s
   state, step, train_seconds, eval_seconds = g.state, 0, 0.0, 0.0
   best = jax.tree.map(jnp.copy, state) if select else None
   has_val = first.data.num_examples("validation") > 0
-  for epoch in range(1, first.num_epochs + 1):
+  for epoch, n_steps in enumerate(_epoch_lengths(first), start=1):
+    if not n_steps:
+      break
     t_epoch = time.perf_counter()
-    pending = []
-    for batch in _stacked_batches(g, epoch - 1):
-      state, metrics = train_fn(state, batch, g.train_rngs, g.loss_index)
-      pending.append(metrics)
-      step += 1
-      if step >= first.total_steps:
-        break
-    for i, m in enumerate(jax.device_get(pending)):
+    state, pending = run_epoch(state, epoch - 1, n_steps)
+    for i, m in enumerate(pending):
       for k, lane in enumerate(lanes):
-        lane.observe(step - len(pending) + 1 + i, {n: v[k] for n, v in m.items()}, names)
+        lane.observe(step + 1 + i, {n: v[k] for n, v in m.items()}, names)
+    step += len(pending)
     val = None
     if has_val and (epoch % first.config.eval_every_epochs == 0 or step >= first.total_steps):
       t_val = time.perf_counter()

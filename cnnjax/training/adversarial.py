@@ -21,6 +21,7 @@ mean of its part.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,7 @@ from flax import struct
 from jax import lax
 
 from cnnjax import optimizers
-from cnnjax.training.state import TrainState
+from cnnjax.training.state import INIT_COMPILER_OPTIONS, TrainState
 from cnnjax.training.steps import checked_sum_of_squares
 
 GanLoss = Callable[[dict[str, jax.Array], Any], dict[str, jax.Array]]
@@ -81,7 +82,7 @@ def make_initializer(model: nn.Module, g_tx: optax.GradientTransformation,
   which evaluation then uses (Yazici et al. 2019).
   """
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=INIT_COMPILER_OPTIONS)
   def variables(key, g_lr):
     v = model.init({"params": key}, jnp.zeros((1, model.latent_dim)),
                    jnp.zeros((1, *image_shape)), method="initialize")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +45,12 @@ def run_keys(seed: int) -> tuple[jax.Array, jax.Array]:
   return jax.random.key(seed, impl="rbg"), jax.random.key(seed)
 
 
+# An initializer runs once per run, so its compile time is all it costs: at LLVM level 1
+# XLA:CPU builds bn_cnn's init 4x faster (5.4 -> 1.3 s with a threefry key) and, for
+# every registered model, with the same bits as its default level (tests/test_training.py).
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 1}
+
+
 def make_initializer(
     model: nn.Module,
     tx: optax.GradientTransformation,
@@ -60,7 +67,7 @@ def make_initializer(
   same ``apply_fn`` and ``tx`` and stack into one pytree.
   """
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=INIT_COMPILER_OPTIONS)
   def variables(key, learning_rate):
     v = model.init({"params": key, "dropout": key}, jnp.zeros((1, *input_shape), jnp.float32),
                    train=False)

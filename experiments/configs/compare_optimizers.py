@@ -24,6 +24,9 @@ def get_config() -> ml_collections.ConfigDict:
   base.optimizer.schedule = "constant"
   base.optimizer.learning_rate = None   # each optimizer's own (source) default
   base.optimizer.weight_decay = None    # each optimizer's own default (0 for these eight)
+  # 72 divides the 144 validation and 360 test images: no padded rows are evaluated (the
+  # default 512 pads validation 3.6x); sums over batches give the same metrics.
+  base.eval_batch_size = 72
 
   c = ml_collections.ConfigDict()
   c.title = "Optimizers on digits"
