@@ -24,8 +24,9 @@ A *study config* (``experiments/configs/compare_*.py``) holds a full experiment 
 * ``vmap``: False trains every run alone (one compiled program per structure, reused
   through the compilation cache) instead of stacking value-only differences;
 * ``strategy``: how a group's runs share its one compiled program: ``"vmap"`` (stacked),
-  ``"sequential"`` (one un-vmapped program, runs one after another) or ``"auto"`` (the
-  faster one on the backend: sequential on CPU); ``--strategy`` overrides it.
+  ``"sequential"`` (one un-vmapped program, runs one after another, an epoch per call),
+  ``"lanes"`` (the same, one run per device side by side) or ``"auto"`` (the fastest on
+  the backend: lanes on CPU, vmap on accelerators); ``--strategy`` overrides it.
 
 A *variant* is one point of the product; a *setting* is a variant without its seed (the
 unit that results are averaged over). Variants differ in *values* (seed, learning rate,

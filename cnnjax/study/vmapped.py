@@ -18,13 +18,15 @@ own step function:
 * each run's batch comes from its own seed's `Dataset.train_batches(epoch)`, stacked to
   ``[K, B, ...]``; evaluation batches (seed-independent) are shared.
 
-Two strategies run that program (`STRATEGIES`): ``"vmap"`` stacks the K runs and
+Three strategies run that program (`STRATEGIES`): ``"vmap"`` stacks the K runs and
 trains them in one `jax.vmap`-ed step; ``"sequential"`` compiles the *un-vmapped* step
 once (the loss index a scalar, so `lax.switch` runs only the run's own loss) and trains
-the runs one after another with it. On a 2-core CPU the sequential strategy is the faster
-one (a vmapped step of K small convolutional runs costs more than K single steps, and the
-vmapped program takes longer to compile); on an accelerator stacking fills the device.
-``"auto"`` picks by backend (`resolve_strategy`).
+the runs one after another with it, an epoch per compiled call (`cnnjax.study.lanes`);
+``"lanes"`` does the same with one run per device side by side. On a 2-core CPU lanes
+are the fastest (a vmapped step of K small convolutional runs costs more than K single
+steps, and the vmapped program takes longer to compile; docs/studies.md measures all
+three); on an accelerator stacking fills the device. ``"auto"`` picks by backend
+(`resolve_strategy`).
 
 So every run computes what `cnnjax.training.loop.train_and_evaluate` computes for its
 config on one device (``parallel="none"``), by construction. A run whose loss becomes
