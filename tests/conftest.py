@@ -65,11 +65,12 @@ QUICK_CASES = {
 EXHAUSTIVE_TESTS = (
     # Every model trains on a fixed batch in the quick tier except these larger ones
     # (their forward and backward passes are checked by the inspection and fast_ops tests;
-    # embedding_cnn trains end to end in tests/test_metric_learning.py).
+    # embedding_cnn trains end to end in tests/test_metric_learning.py, tiny_cnn in
+    # tests/test_study.py and tests/test_scene_tasks.py).
     *(f"tests/test_models.py::test_trains_on_fixed_batch[{m}-" for m in (
         "resnet18", "resnet20", "fcn", "unet_small", "vgg_small", "keras_cifar_cnn",
         "mnist_cnn", "simple_cnn", "lenet5", "tiny_unet", "loc_cnn", "seq_reader",
-        "embedding_cnn")),
+        "embedding_cnn", "tiny_cnn")),
     # End-to-end repeats of checks made op by op or in other tests.
     "tests/test_fast_ops.py::test_training_trajectory_matches_lax",
     "tests/test_fast_ops.py::test_models_fuse_only_in_training_and_keep_layers_for_inspection",
@@ -103,8 +104,14 @@ EXHAUSTIVE_TESTS = (
     "tests/test_diagnostics.py::test_landscape_command_writes_consistent_slices",
     "tests/test_scene_tasks.py::test_parallel_modes_match_one_device",
     "tests/test_scene_tasks.py::test_study_ranks_by_the_task_headline",
-    # vmap is the accelerator strategy ("auto" never takes it on CPU); the quick tier
-    # checks the sequential and lanes strategies against the same single runs.
+    # One scene task end to end in the quick tier (segmentation: dense outputs, Dice/IoU,
+    # its own plots); the other two share its loop, data path and writers.
+    "tests/test_scene_tasks.py::test_run_writes_outputs_plots_and_tensorboard[localization]",
+    "tests/test_scene_tasks.py::test_run_writes_outputs_plots_and_tensorboard[sequence]",
+    "tests/test_study.py::test_group_equals_runs_trained_alone[sequential]",
+    "tests/test_study.py::test_diverged_variant_is_marked_and_isolated[sequential]",
+    # vmap is the accelerator strategy ("auto" never takes it on CPU), sequential is lanes
+    # of one: the quick tier checks lanes against the same single runs.
     "tests/test_study.py::test_group_equals_runs_trained_alone[vmap]",
     "tests/test_study.py::test_diverged_variant_is_marked_and_isolated[vmap]",
 )

@@ -135,13 +135,22 @@ def small_config(data_dir, kind, parallel="none", **overrides):
   return c
 
 
+class _Runs(dict):
+  """kind -> (workdir, summary), each kind trained on first use (the quick tier uses one)."""
+
+  def __init__(self, tmp_path_factory, data_dir):
+    super().__init__()
+    self.tmp_path_factory, self.data_dir = tmp_path_factory, data_dir
+
+  def __missing__(self, kind):
+    workdir = str(self.tmp_path_factory.mktemp(kind))
+    self[kind] = (workdir, loop.train_and_evaluate(small_config(self.data_dir, kind), workdir))
+    return self[kind]
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir):
-  out = {}
-  for kind in RUNS:
-    workdir = str(tmp_path_factory.mktemp(kind))
-    out[kind] = (workdir, loop.train_and_evaluate(small_config(data_dir, kind), workdir))
-  return out
+  return _Runs(tmp_path_factory, data_dir)
 
 
 def _records(workdir):

@@ -24,8 +24,8 @@ class EmbeddingCNN(BNCNN):
     >>> import jax, jax.numpy as jnp
     >>> model = EmbeddingCNN(num_classes=16)
     >>> x = jnp.ones((2, 8, 8, 1))
-    >>> variables = model.init(jax.random.key(0), x, train=False)
-    >>> e = model.apply(variables, x, train=False)
+    >>> variables = jax.jit(model.init, static_argnames="train")(jax.random.key(0), x, train=False)
+    >>> e = jax.jit(model.apply, static_argnames="train")(variables, x, train=False)
     >>> e.shape, [round(float(n), 4) for n in jnp.linalg.norm(e, axis=-1)]
     ((2, 16), [1.0, 1.0])
   """

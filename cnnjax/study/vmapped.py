@@ -538,7 +538,8 @@ def _result(lane: _Lane, test: dict[str, Any], step: int, compile_seconds: float
   return {
       "diverged": diverged, "diverged_step": lane.diverged_step,
       **{f"test_{k}": None if diverged else v for k, v in task.scalars(test).items()},
-      "test_details": {} if diverged else task.details(test), "test_examples": test["count"], "headline": headline, "headline_goal": task.headline_goal,
+      "test_details": {} if diverged else task.details(test), "test_examples": test["count"],
+      "headline": headline, "headline_goal": task.headline_goal,
       "headline_percent": task.headline_percent,
       f"final_val_{headline}": None if diverged else last.get(f"val_{headline}"),
       f"best_val_{headline}": lane.best.value, "best_epoch": lane.best.epoch,

@@ -44,7 +44,7 @@ class Classification(Task):
     10
     >>> logits = jnp.eye(3, 10) * 5
     >>> batch = {"label": jnp.array([0, 1, 0]), "mask": jnp.array([1.0, 1.0, 0.0])}
-    >>> sums = task.eval_sums(logits, batch)
+    >>> sums = jax.jit(task.eval_sums)(logits, batch)
     >>> float(sums["correct"])
     2.0
   """
