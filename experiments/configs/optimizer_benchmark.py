@@ -13,7 +13,8 @@ seeds). The protocol's full sizes are flags: ``--config.studies=5 --config.trial
 Measured on the idle 2-core CPU: 168 runs in 775 s wall. Score (AlgoPerf, max ratio 4):
 adam 0.667, nadam 0.333, momentum 0.306, nesterov 0.306; the best of the four at their
 default rates 0.639. No optimizer reaches the digits target in its median study. Table and
-reading: README, "Which optimizer, by the benchmark standard".
+reading: README, "Which optimizer, by the benchmark standard". Re-run with the `lanes`
+strategy: 682 s, Adam and Nadam swapped on localization (README).
 """
 
 import ml_collections
