@@ -107,7 +107,6 @@ class LanePrograms:
     self.devices = list(devices)
     self.mesh = Mesh(np.asarray(self.devices), (LANE_AXIS,))
     self.sharding = NamedSharding(self.mesh, PartitionSpec(LANE_AXIS))
-    self.replicated = NamedSharding(self.mesh, PartitionSpec())
     lead = lambda t: jax.tree.map(lambda x: x[None], t)
     drop = lambda t: jax.tree.map(lambda x: x[0], t)
 
@@ -137,7 +136,3 @@ class LanePrograms:
   def put(self, tree: Any) -> Any:
     """``tree`` (leading axis ``L``) split over the lanes."""
     return jax.device_put(tree, self.sharding)
-
-  def put_shared(self, tree: Any) -> Any:
-    """``tree`` copied to every lane."""
-    return jax.device_put(tree, self.replicated)

@@ -432,15 +432,12 @@ def _vmapped_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int):
 def _lanes_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int, *, chunk: int, put):
   """``steps`` steps of ``epoch`` on the lanes, ``chunk`` per compiled call; per step a
   dict of metrics ``[L]``."""
-  seeds = [r.config.seed for r in g.runs]
-  by_seed = {r.config.seed: r for r in g.runs}
-  iters = {s: by_seed[s].data.train_batches(epoch) for s in dict.fromkeys(seeds)}
+  rows = _stacked_batches(g, epoch)
   pending = []
   for _ in range(steps // chunk):
-    per_seed = {s: list(itertools.islice(it, chunk)) for s, it in iters.items()}
     # [L, chunk, B, ...]: lane l's rows from its own seed's order.
-    batches = {k: np.stack([np.stack([b[k] for b in per_seed[s]]) for s in seeds])
-               for k in per_seed[seeds[0]][0]}
+    block = list(itertools.islice(rows, chunk))
+    batches = {k: np.stack([b[k] for b in block], axis=1) for k in block[0]}
     state, metrics = train_fn(state, put(batches), g.train_rngs, g.loss_index)
     pending.append(metrics)
   steps_metrics = []
