@@ -178,6 +178,27 @@ def test_lanes_across_optimizers_equal_runs_alone(data_dir, alone, tmp_path):
   assert abs(grouped[0]["test_loss"] - grouped[1]["test_loss"]) > 1e-3
 
 
+def test_switched_state_is_one_vector_only_when_every_choice_is_per_coordinate(data_dir):
+  """The group of `test_lanes_across_optimizers_equal_runs_alone` (momentum + Adam) trains
+  on the raveled parameters; with LAMB among the choices (per-tensor trust ratio) the
+  switched state keeps the parameter tree."""
+  import jax
+  from cnnjax.training.build import build_run
+  momentum, adam, lamb = (tiny(data_dir, 0) for _ in range(3))
+  adam.optimizer.name = "adam"
+  lamb.optimizer.name, lamb.optimizer.weight_decay = "lamb", 0.0
+
+  def moment_shapes(choices):
+    state = build_run(momentum, optimizer_choices=choices).state
+    n_params = sum(x.size for x in jax.tree.leaves(state.params))
+    return {x.shape for x in jax.tree.leaves(state.opt_state) if x.ndim}, n_params
+
+  flat, n_params = moment_shapes([momentum, adam])
+  assert flat == {(n_params,)}
+  tree, _ = moment_shapes([momentum, lamb])
+  assert (n_params,) not in tree and len(tree) > 2   # kernels, biases, scales...
+
+
 @pytest.mark.parametrize("strategy", ["vmap", "sequential", "lanes"])
 def test_diverged_variant_is_marked_and_isolated(strategy, request):
   grouped, _ = request.getfixturevalue(_PARITY[strategy])

@@ -166,7 +166,10 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
       raise ValueError("build_run: the run's optimizer is not one of optimizer_choices")
     choice = keys.index(optimizer_key(config))
     firsts = {optimizer_key(c): c for c in reversed(optimizer_choices)}
-    tx = optimizers.switched([task.make_optimizer(firsts[k], budget) for k in keys])
+    # One vector for all the parameters where every choice is per-coordinate: XLA then
+    # compiles each choice's update once, not once per parameter.
+    flat = all(optimizers.per_coordinate(firsts[k].optimizer) for k in keys)
+    tx = optimizers.switched([task.make_optimizer(firsts[k], budget) for k in keys], flat=flat)
   else:
     tx = task.make_optimizer(config, budget)
   initializer = initializer or task.make_initializer(model, tx, config, budget)
