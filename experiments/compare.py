@@ -115,9 +115,8 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   ``strategy`` (None = the study's ``strategy``, else "auto") is how each group's runs
   share its compiled program (`cnnjax.study.vmapped.resolve_strategy`).
   """
-  from cnnjax.study import grid, plots, preload, report, vmapped  # pylint: disable=g-import-not-at-top
+  from cnnjax.study import grid, plots, report, vmapped  # pylint: disable=g-import-not-at-top
   t_start = time.perf_counter()
-  imports = preload.start()
   variants = grid.expand(study)
   vmap = study.get("vmap", True)
   strategy = vmapped.resolve_strategy(strategy or study.get("strategy", "auto") or "auto")
@@ -145,7 +144,6 @@ def run_study(study, workdir: str, *, measure_vmap: bool = False, measure_steps:
   report.write_results(os.path.join(workdir, "results.json"),
                        json.loads(study.to_json_best_effort()), results, extra)
   rank_by, rank_goal = _ranking(study, variants[0].config)
-  imports.join()
   names = plots.plot_all(results, os.path.join(workdir, "plots"), title)
   metric, _ = report.headline_of(results)
   desc = (f"{len(variants)} runs: {base.model} on {base.dataset}, {_budget(base)}, seeds "
