@@ -78,7 +78,8 @@ class GroupRun:
 
   Attributes:
     runs: the K `Run`s, in config order.
-    state: their stacked initial `TrainState` ``[K, ...]``.
+    state: their stacked initial `TrainState` ``[K, ...]`` (None in the lanes strategy,
+      which stacks each set of lanes' own runs on the host instead).
     train_rngs: ``[K]`` keys (each run's ``train_rng``).
     loss_index: int32 ``[K]``, each run's position among the group's distinct losses.
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
