@@ -426,7 +426,8 @@ def adam_preconditioner(opt_state: optax.OptState, *, b2: float, eps: float) -> 
 
   Returns:
     A pytree like the parameters (all NaN before the first update, ``t = 0``, when
-    there is no second-moment estimate yet).
+    there is no second-moment estimate yet); one vector in the parameters' ravel order
+    for a `switched` state built with ``flat=True``.
 
   Raises:
     ValueError: ``opt_state`` holds no or several Adam states.

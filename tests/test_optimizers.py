@@ -546,6 +546,31 @@ def test_per_coordinate(name, overrides, expected):
   assert optimizers.per_coordinate(cfg(name=name, **overrides)) is expected
 
 
+@pytest.mark.parametrize("name", sorted(optimizers._PER_COORDINATE))
+def test_flat_switch_equals_each_per_coordinate_chain(name):
+  """Every rule `per_coordinate` admits, on the raveled parameters inside a flat switch,
+  against the same chain alone on the tree (20 steps of the least-squares problem, decay
+  off where the rule has a default one)."""
+  overrides = {"weight_decay": 0.0} if optimizers.default_weight_decay(name) else {}
+  if optimizers.default_learning_rate(name) is None:
+    overrides["learning_rate"] = 0.01
+  config = cfg(name=name, schedule="warmup_cosine", warmup_steps=3, clip_global_norm=1.0,
+               **overrides)
+  assert optimizers.per_coordinate(config)
+  chain = optimizers.make_optimizer(config, 20)
+  flat = optimizers.switched([chain], flat=True)
+  flat_params, _ = _descend(flat, flat.init(P0))
+  ref_params, _ = _descend(chain, chain.init(P0))
+  tree_close(flat_params, ref_params, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(flat_params["kernel"], P0["kernel"])   # it moved
+
+
+def test_flat_switch_refuses_mixed_dtypes():
+  params = {"w": jnp.ones(2), "h": jnp.ones(2, jnp.bfloat16)}
+  with pytest.raises(ValueError, match="one dtype"):
+    optimizers.switched([optax.sgd(0.1)], flat=True).init(params)
+
+
 def test_flat_switch_would_change_a_per_tensor_rule():
   """Why `per_coordinate` excludes LAMB: its trust ratio ||w|| / ||u|| is per tensor, so
   on the raveled parameters (one tensor) its updates differ from LAMB on the tree."""

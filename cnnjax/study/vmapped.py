@@ -174,7 +174,8 @@ def _start_group(configs: Sequence[ml_collections.ConfigDict]) -> _GroupStart:
 
 def _finish_group(start: _GroupStart, *, stack: bool = True) -> GroupRun:
   """The group with all its runs built; ``stack=False`` (lanes) leaves ``state`` None: each
-  set of lanes stacks its own runs' states (`_lane_part`), the K states are never stacked."""
+  set of lanes stacks its own runs' states (`_lane_part`), the K train states are never
+  stacked (their keys and loss indices, small, still are)."""
   configs, first, one_train, one_eval = start.configs, start.first, start.one_train, start.one_eval
   runs = [start.built.get(k) or build_run(c, data=first.data, initializer=first.initializer,
                                           optimizer_choices=start.choices)
@@ -345,11 +346,13 @@ def _compile_lanes(start: _GroupStart, programs: lanes_lib.LanePrograms, chunk: 
                                                              sharding=programs.sharding)
   probe = {k: lanes(v, chunk) for k, v in _probe_batch(first).items()}
   pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="cnnjax-compile")
-  # The training program (the longer compile) starts while the evaluation one is traced.
-  futures = [pool.submit(programs.train.lower(state, probe, rngs, index).compile)]
-  evaluate = programs.eval.lower(state, next(first.data.eval_batches("test")), index)
-  futures.append(pool.submit(evaluate.compile))
-  pool.shutdown(wait=False)
+  try:
+    # The training program (the longer compile) starts while the evaluation one is traced.
+    futures = [pool.submit(programs.train.lower(state, probe, rngs, index).compile)]
+    evaluate = programs.eval.lower(state, next(first.data.eval_batches("test")), index)
+    futures.append(pool.submit(evaluate.compile))
+  finally:
+    pool.shutdown(wait=False)
   return lambda: tuple(f.result() for f in futures)
 
 

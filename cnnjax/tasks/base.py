@@ -118,7 +118,9 @@ class Task:
                             dropout_rate=config.dropout_rate, **fields)
 
   # Whether runs of this task may share one compiled step across optimizers
-  # (`cnnjax.optimizers.switched` over the default `make_optimizer` chains).
+  # (`cnnjax.optimizers.switched` over the default `make_optimizer` chains). A task that
+  # overrides `make_optimizer` must set it False: `build_run` decides from the config alone
+  # (`optimizers.per_coordinate`) whether the chains may run on one raveled vector.
   optimizer_as_value = True
 
   def make_optimizer(self, config: ml_collections.ConfigDict,
