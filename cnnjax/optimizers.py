@@ -137,8 +137,9 @@ WRAPPERS = ("sam",)
 
 # Update rules in which each coordinate's update reads only that coordinate's gradient,
 # parameter and state, plus scalars (step count, rate): laid out as one vector the
-# parameters get the same updates (up to float rounding where XLA vectorises differently). Not lamb / lars / novograd (per-tensor norms),
-# adafactor (factored second moments of matrices), sm3 (per-axis accumulators).
+# parameters get the same updates (up to float rounding where XLA vectorises differently).
+# Not lamb / lars / novograd (per-tensor norms), adafactor (factored second moments of
+# matrices), sm3 (per-axis accumulators).
 _PER_COORDINATE = frozenset({
     "sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw", "adamax", "nadam",
     "nadamw", "radam", "lion", "adabelief", "yogi", "amsgrad", "adadelta", "adamaxw"})
@@ -260,8 +261,8 @@ def per_coordinate(config: ml_collections.ConfigDict) -> bool:
   its own: a per-coordinate update rule, no wrapper, no (masked) weight decay or L2.
 
   Then the same chain run on the parameters raveled into one vector makes the same
-  updates up to float rounding (`switched` with ``flat=True``). Global-norm clipping is allowed: one vector's
-  norm is the norm of all the parameters.
+  updates up to float rounding (`switched` with ``flat=True``). Global-norm clipping is
+  allowed: one vector's norm is the norm of all the parameters.
 
   Example:
     >>> from cnnjax import config as config_lib
@@ -728,9 +729,9 @@ def switched(transformations, *, flat: bool = False) -> optax.GradientTransforma
   ravel = ravel_pytree if flat else (lambda tree: (tree, lambda t: t))
 
   def init(params):
-    if flat and len({jnp.result_type(x) for x in jax.tree.leaves(params)}) > 1:
-      raise ValueError("switched(flat=True) needs parameters of one dtype, got "
-                       f"{sorted({str(jnp.result_type(x)) for x in jax.tree.leaves(params)})}")
+    dtypes = {str(jnp.result_type(x)) for x in jax.tree.leaves(params)}
+    if flat and len(dtypes) > 1:
+      raise ValueError(f"switched(flat=True) needs parameters of one dtype, got {sorted(dtypes)}")
     params, _ = ravel(params)
     return SwitchedState(jnp.zeros([], jnp.int32), tuple(t.init(params) for t in txs))
 
