@@ -10,10 +10,13 @@
   `ValueError` / `TypeError` the command raises for its input; ``--verbose`` shows
   the traceback.
 * **Ctrl-C before training** ends the process with 130 and one line.
+* **A quick exit**: the objects a command built are frozen out of the interpreter's final
+  garbage collection (`gc.freeze`), which would otherwise take most of a second.
 """
 
 from __future__ import annotations
 
+import gc
 import io
 import logging as std_logging
 import os
@@ -224,6 +227,11 @@ def run(main: Callable[[list[str]], None]) -> None:
       main(argv)
     except BadInput as e:
       fail(str(e), exc=e)
+    finally:
+      # The process ends now. Its last garbage collection would walk every object jax,
+      # tfds and matplotlib built (0.7 s of a study's 0.8 s exit, measured); the
+      # command's files are closed by their `with` blocks, not by the collector.
+      gc.freeze()
 
   try:
     app.run(wrapped, flags_parser=parse_flags)

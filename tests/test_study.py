@@ -213,6 +213,7 @@ def test_welch_matches_scipy():
   ref = stats.ttest_ind(a, b, equal_var=False)
   assert ours["t"] == pytest.approx(ref.statistic, rel=1e-9)
   assert ours["p"] == pytest.approx(ref.pvalue, rel=1e-9)
+  assert ours["critical"] == pytest.approx(stats.t.ppf(0.975, ours["df"]), rel=1e-12)
 
 
 def test_report_and_plots(parity_lanes, tmp_path):
@@ -237,6 +238,30 @@ def test_report_and_plots(parity_lanes, tmp_path):
                       plots=[f"plots/{n}" for n in names])
   assert "| 1 |" in text and "Summary (generated)" in text and "1/1 |" in text
   json.dumps(results)  # results.json must be writable as plain JSON
+
+
+def test_reliability_panels_are_named_by_what_tells_them_apart(tmp_path, monkeypatch):
+  from cnnjax.study import plots
+  titles = []
+  real_save = plots.save
+
+  def spy(fig, path):
+    titles.append([ax.get_title().split("\n")[0] for ax in fig.axes])
+    real_save(fig, path)
+
+  monkeypatch.setattr(plots, "save", spy)
+  bins = {"count": [0, 2, 3], "confidence": [0.0, 0.5, 0.9], "accuracy": [0.0, 0.5, 1.0]}
+  run = lambda setting, opt, method: {
+      "setting": setting, "optimizer": opt, "loss": "ce", "method": method, "seed": 0,
+      "diverged": False, "test_ece": 0.1, "test_details": {"reliability": bins}}
+  # Optimizers compared with one loss: every run's method is the loss, so the panels are
+  # named by optimizer (they all read "ce" before).
+  plots._reliability([run("sgd / ce", "sgd", "ce"), run("adam / ce", "adam", "ce")],
+                     str(tmp_path), "t", lambda s: s.rsplit(" / ", 1)[0])
+  # A calibration study: one optimizer, the methods differ.
+  plots._reliability([run("sgd / ce + ts", "sgd", "ts"), run("sgd / ce + ls", "sgd", "ls")],
+                     str(tmp_path), "t", lambda s: s.rsplit(" / ", 1)[0])
+  assert titles == [["sgd", "adam"], ["ts", "ls"]]
 
 
 def test_strategy_resolution_and_bad_names():

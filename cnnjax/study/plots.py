@@ -206,13 +206,18 @@ def _pooled_bins(runs: Results, key: str) -> dict[str, np.ndarray] | None:
   return pooled
 
 
-def _reliability(results: Results, directory: str, title: str) -> list[str]:
+def _reliability(results: Results, directory: str, title: str, short) -> list[str]:
   """One PNG per condition: a reliability diagram per setting, before and after TS."""
   plt = pyplot()
   names = []
   conditions = list(dict.fromkeys(r.get("condition", "") for r in results))
   for ci, condition in enumerate(conditions):
     by = _by_setting([r for r in results if r.get("condition", "") == condition])
+    # A panel is named by its method where the methods tell the panels apart (calibration
+    # studies), else by its setting (e.g. one optimizer per panel, all with one loss).
+    names_of = {s: runs[0].get("method") or s for s, runs in by.items()}
+    if len(set(names_of.values())) < len(by):
+      names_of = {s: short(s.removeprefix(f"{condition} / ")) for s in by}
     fig, axes = plt.subplots(1, len(by), figsize=(3.2 * len(by), 3.6), squeeze=False)
     for ax, (setting, runs) in zip(axes[0], by.items()):
       for key, color, label in (("reliability", "C0", "T = 1"),
@@ -225,12 +230,13 @@ def _reliability(results: Results, directory: str, title: str) -> list[str]:
         ax.plot(centers[shown], b["accuracy"][shown], "o-", color=color, ms=3, label=label)
       ax.plot([0, 1], [0, 1], "k--", lw=0.8)
       ece = [r.get("test_ece") for r in runs if r.get("test_ece") is not None]
-      ax.set_title(f"{runs[0].get('method') or setting}\nECE {np.mean(ece):.4f}" if ece else
-                   setting, fontsize=8)
+      ax.set_title(f"{names_of[setting]}\nECE {np.mean(ece):.4f}" if ece else
+                   names_of[setting], fontsize=8)
       ax.set_xlim(0, 1)
       ax.set_ylim(0, 1)
       ax.set_xlabel("confidence", fontsize=8)
-      ax.legend(fontsize=7, loc="upper left")
+      if ax.get_legend_handles_labels()[0]:   # a setting whose every seed diverged has none
+        ax.legend(fontsize=7, loc="upper left")
     axes[0, 0].set_ylabel("accuracy (pooled over seeds)")
     fig.suptitle(f"{title}{': ' + condition if condition else ''}: reliability (test)",
                  fontsize=10)
@@ -267,6 +273,6 @@ def plot_all(results: Results, directory: str, title: str) -> list[str]:
   if len(losses) > 1:
     names.append(_loss_comparison(results, directory, title))
   if any("reliability" in r.get("test_details", {}) for r in results):
-    names += _reliability(results, directory, title)
+    names += _reliability(results, directory, title, short)
   return names
 

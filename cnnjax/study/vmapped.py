@@ -42,7 +42,7 @@ import dataclasses
 import functools
 import itertools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -399,7 +399,7 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     g = build_group(configs)
     width, parts = k_runs, iter([g])
     programs = _compile_vmapped(g)
-    run_epoch, width_of = _vmapped_epoch, [k_runs]
+    run_epoch, prepare, width_of = _vmapped_epoch, None, [k_runs]
   else:
     start = _start_group(configs)
     width = 1 if strategy == "sequential" else lanes_lib.lane_count(k_runs)
@@ -416,7 +416,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     width_of = [len(r) for r in rows]
     rows = [r + [r[-1]] * (width - len(r)) for r in rows]
     parts = (_lane_part(g, r, lane_programs) for r in rows)
-    run_epoch = functools.partial(_lanes_epoch, chunk=chunk, put=lane_programs.put)
+    run_epoch = functools.partial(_lanes_epoch, chunk=chunk)
+    prepare = functools.partial(_lanes_blocks, chunk=chunk, put=lane_programs.put)
   compile_seconds = time.perf_counter() - t0
   n_parts = 1 if strategy == "vmap" else len(rows)
   results, train_seconds, eval_seconds = [], 0.0, 0.0
@@ -424,7 +425,8 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
     part_label = label + (f" runs {i * width + 1}-{i * width + width_of[i]}/{k_runs}"
                           if n_parts > 1 and width > 1 else
                           f" run {i + 1}/{n_parts}" if n_parts > 1 else "")
-    out = _train_part(part, programs, run_epoch, part_label, target, select_by, stop, log)
+    out = _train_part(part, programs, run_epoch, prepare, part_label, target, select_by, stop,
+                      log)
     results += out if strategy == "vmap" else out[:width_of[i]]
     train_seconds += out[-1]["train_seconds"]
     eval_seconds += out[-1]["eval_seconds"]
@@ -434,37 +436,55 @@ def train_group(configs: Sequence[ml_collections.ConfigDict], *, log: Log | None
   return results
 
 
-def _vmapped_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int):
-  """``steps`` vmapped steps of ``epoch``; per step a dict of metrics ``[K]``."""
+def _vmapped_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int, blocks=None):
+  """Dispatches ``steps`` vmapped steps of ``epoch``; returns the state and a function that
+  waits for the metrics: per step a dict of ``[K]``."""
+  del blocks  # the vmapped steps read their batches one at a time
   pending = []
   for batch in itertools.islice(_stacked_batches(g, epoch), steps):
     state, metrics = train_fn(state, batch, g.train_rngs, g.loss_index)
     pending.append(metrics)
-  return state, jax.device_get(pending)
+  return state, lambda: jax.device_get(pending)
 
 
-def _lanes_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int, *, chunk: int, put):
-  """``steps`` steps of ``epoch`` on the lanes, ``chunk`` per compiled call; per step a
-  dict of metrics ``[L]``."""
+def _lanes_blocks(g: GroupRun, epoch: int, steps: int, *, chunk: int, put) -> Iterator[Any]:
+  """The ``[L, chunk, B, ...]`` blocks of ``steps`` steps of ``epoch`` (lane l's rows in its
+  own seed's order), on the lanes' devices; the first is built at once, so that building
+  it overlaps the previous epoch's computation, the others as they are consumed."""
   rows = _stacked_batches(g, epoch)
+
+  def blocks():
+    for _ in range(steps // chunk):
+      block = list(itertools.islice(rows, chunk))
+      yield put({k: np.stack([b[k] for b in block], axis=1) for k in block[0]})
+
+  it = blocks()
+  first = next(it, None)
+  return it if first is None else itertools.chain([first], it)
+
+
+def _lanes_epoch(g: GroupRun, train_fn, state, epoch: int, steps: int, blocks, *, chunk: int):
+  """Dispatches ``steps`` steps of ``epoch`` on the lanes, a block of ``chunk`` per compiled
+  call (``blocks`` from `_lanes_blocks`); returns the state and a function that waits for
+  the metrics: per step a dict of ``[L]``."""
   pending = []
-  for _ in range(steps // chunk):
-    # [L, chunk, B, ...]: lane l's rows from its own seed's order.
-    block = list(itertools.islice(rows, chunk))
-    batches = {k: np.stack([b[k] for b in block], axis=1) for k in block[0]}
-    state, metrics = train_fn(state, put(batches), g.train_rngs, g.loss_index)
+  for block in blocks:
+    state, metrics = train_fn(state, block, g.train_rngs, g.loss_index)
     pending.append(metrics)
-  steps_metrics = []
-  for m in jax.device_get(pending):
-    steps_metrics += [{n: v[:, j] for n, v in m.items()}
-                      for j in range(next(iter(m.values())).shape[1])]
-  return state, steps_metrics
+
+  def fetch():
+    steps_metrics = []
+    for m in jax.device_get(pending):
+      steps_metrics += [{n: v[:, j] for n, v in m.items()}
+                        for j in range(next(iter(m.values())).shape[1])]
+    return steps_metrics
+  return state, fetch
 
 
-def _train_part(g: GroupRun, programs, run_epoch, label: str, target, select_by: str, stop,
-                log: Log) -> list[dict[str, Any]]:
+def _train_part(g: GroupRun, programs, run_epoch, prepare, label: str, target, select_by: str,
+                stop, log: Log) -> list[dict[str, Any]]:
   """Trains ``g`` (a whole vmapped group, or the runs of one set of lanes) with compiled
-  ``programs``."""
+  ``programs``; ``prepare(g, epoch, steps)`` (or None) builds an epoch's input ahead."""
   train_fn, eval_fn = programs
   lanes = [_Lane(r, target, select_by) for r in g.runs]
   t_eval = time.perf_counter()
@@ -472,8 +492,9 @@ def _train_part(g: GroupRun, programs, run_epoch, label: str, target, select_by:
            else [{}] * len(lanes))
   start_seconds = time.perf_counter() - t_eval
   state, best, step, train_seconds, val_seconds = _train_epochs(
-      g, functools.partial(run_epoch, g, train_fn), eval_fn, lanes, log, label,
-      bool(select_by), stop)
+      g, functools.partial(run_epoch, g, train_fn),
+      prepare and functools.partial(prepare, g), eval_fn, lanes, log, label, bool(select_by),
+      stop)
   has_val = g.first.data.num_examples("validation") > 0
   t_eval = time.perf_counter()
   test = _evaluate(g, eval_fn, state, "test", [lane.last_val or {} for lane in lanes] if has_val
@@ -494,20 +515,28 @@ def _train_part(g: GroupRun, programs, run_epoch, label: str, target, select_by:
   return results
 
 
-def _train_epochs(g: GroupRun, run_epoch, eval_fn, lanes, log: Log, label: str, select: bool,
-                  stop):
+def _train_epochs(g: GroupRun, run_epoch, prepare, eval_fn, lanes, log: Log, label: str,
+                  select: bool, stop):
   """The epochs of a group; returns the final state, the selected states, steps, and the
-  seconds of the epochs (validation included) and of their validations."""
+  seconds of the epochs (validation included) and of their validations.
+
+  The next epoch's input is built (``prepare``) while the device trains this one. The
+  validation is dispatched only after the training's metrics are in: on a CPU with
+  several devices, dispatching a program whose inputs are still being computed waits for
+  them (measured), so dispatching it earlier would hold the host up instead.
+  """
   first, k_runs = g.first, len(g.runs)
   names = ("loss", *first.task.train_metric_names)
   state, step, train_seconds, eval_seconds = g.state, 0, 0.0, 0.0
   best = jax.tree.map(jnp.copy, state) if select else None
   has_val = first.data.num_examples("validation") > 0
-  for epoch, n_steps in enumerate(_epoch_lengths(first), start=1):
-    if not n_steps:
-      break
+  lengths = list(itertools.takewhile(bool, _epoch_lengths(first)))
+  ahead = prepare(0, lengths[0]) if prepare and lengths else None
+  for epoch, n_steps in enumerate(lengths, start=1):
     t_epoch = time.perf_counter()
-    state, pending = run_epoch(state, epoch - 1, n_steps)
+    state, fetch = run_epoch(state, epoch - 1, n_steps, ahead)
+    ahead = prepare(epoch, lengths[epoch]) if prepare and epoch < len(lengths) else None
+    pending = fetch()
     for i, m in enumerate(pending):
       for k, lane in enumerate(lanes):
         lane.observe(step + 1 + i, {n: v[k] for n, v in m.items()}, names)
