@@ -175,7 +175,8 @@ def _start_group(configs: Sequence[ml_collections.ConfigDict]) -> _GroupStart:
 def _finish_group(start: _GroupStart, *, stack: bool = True) -> GroupRun:
   """The group with all its runs built; ``stack=False`` (lanes) leaves ``state`` None: each
   set of lanes stacks its own runs' states (`_lane_part`), the K train states are never
-  stacked (their keys and loss indices, small, still are)."""
+  stacked (their keys and loss indices, small, are, on the host: no eager program to
+  compile while the lanes' programs compile)."""
   configs, first, one_train, one_eval = start.configs, start.first, start.one_train, start.one_eval
   runs = [start.built.get(k) or build_run(c, data=first.data, initializer=first.initializer,
                                           optimizer_choices=start.choices)
@@ -192,8 +193,9 @@ def _finish_group(start: _GroupStart, *, stack: bool = True) -> GroupRun:
     train_fn, eval_fn = jax.vmap(one_train), jax.vmap(one_eval, in_axes=(0, None, 0))
   return GroupRun(
       runs=runs, state=_stack([r.state for r in runs]) if stack else None,
-      train_rngs=jnp.stack([r.train_rng for r in runs]),
-      loss_index=jnp.asarray([start.position[_loss_key(c)] for c in configs], jnp.int32),
+      train_rngs=(jnp.stack if stack else _host_stack)([r.train_rng for r in runs]),
+      loss_index=(jnp.asarray if stack else np.asarray)(
+          [start.position[_loss_key(c)] for c in configs], np.int32),
       train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn),
       one_train=one_train, one_eval=one_eval)
 
