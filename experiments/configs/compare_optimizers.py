@@ -5,8 +5,8 @@
 Digits (embedded), bn_cnn, batch 32, plain cross-entropy, constant learning rate, no weight
 decay, +-1 pixel shifts; 10 epochs (the default recipe trains 30). The 24 runs share one
 compiled program (the optimizer a value in its state, the parameters one vector for it)
-and train two at a time, one per core (strategy auto = lanes): 35-49 s wall on the idle
-2-core CPU, 93-116 s as 8 vmapped groups in the same ten minutes (docs/studies.md, "The
+and train two at a time, one per core (strategy auto = lanes): 36-39 s wall on the idle
+2-core CPU, 106-116 s as 8 vmapped groups in the same ten minutes (docs/studies.md, "The
 strategies side by side").
 Expected: the adaptive methods at their defaults (adam, nadam, adamax, rmsprop) and
 momentum/nesterov reach ~98-99% test accuracy; plain sgd at 0.01 is clearly behind after
