@@ -261,7 +261,11 @@ def test_reliability_panels_are_named_by_what_tells_them_apart(tmp_path, monkeyp
   # A calibration study: one optimizer, the methods differ.
   plots._reliability([run("sgd / ce + ts", "sgd", "ts"), run("sgd / ce + ls", "sgd", "ls")],
                      str(tmp_path), "t", lambda s: s.rsplit(" / ", 1)[0])
-  assert titles == [["sgd", "adam"], ["ts", "ls"]]
+  # Optimizers x methods that all keep the loss: only the whole setting tells them apart.
+  plots._reliability([run(f"{o} / ce + {m}", o, m) for o in ("sgd", "adam") for m in ("a", "b")],
+                     str(tmp_path), "t", lambda s: s.rsplit(" / ", 1)[0])
+  assert titles == [["sgd", "adam"], ["ts", "ls"],
+                    ["sgd / ce + a", "sgd / ce + b", "adam / ce + a", "adam / ce + b"]]
 
 
 def test_strategy_resolution_and_bad_names():

@@ -214,10 +214,14 @@ def _reliability(results: Results, directory: str, title: str, short) -> list[st
   for ci, condition in enumerate(conditions):
     by = _by_setting([r for r in results if r.get("condition", "") == condition])
     # A panel is named by its method where the methods tell the panels apart (calibration
-    # studies), else by its setting (e.g. one optimizer per panel, all with one loss).
+    # studies), else by its setting, shortened (one optimizer per panel, all with one
+    # loss) where that still tells them apart.
     names_of = {s: runs[0].get("method") or s for s, runs in by.items()}
-    if len(set(names_of.values())) < len(by):
-      names_of = {s: short(s.removeprefix(f"{condition} / ")) for s in by}
+    for name in (lambda s: short(s.removeprefix(f"{condition} / ")),
+                 lambda s: s.removeprefix(f"{condition} / ")):
+      if len(set(names_of.values())) == len(by):
+        break
+      names_of = {s: name(s) for s in by}
     fig, axes = plt.subplots(1, len(by), figsize=(3.2 * len(by), 3.6), squeeze=False)
     for ax, (setting, runs) in zip(axes[0], by.items()):
       for key, color, label in (("reliability", "C0", "T = 1"),

@@ -80,8 +80,9 @@ class GroupRun:
     runs: the K `Run`s, in config order.
     state: their stacked initial `TrainState` ``[K, ...]`` (None in the lanes strategy,
       which stacks each set of lanes' own runs on the host instead).
-    train_rngs: ``[K]`` keys (each run's ``train_rng``).
-    loss_index: int32 ``[K]``, each run's position among the group's distinct losses.
+    train_rngs: ``[K]`` keys (each run's ``train_rng``; on the host in the lanes strategy).
+    loss_index: int32 ``[K]``, each run's position among the group's distinct losses (a
+      numpy array in the lanes strategy, whose sets of lanes put their own rows).
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
     eval_fn: jitted ``(state, batch [B,...], loss_index) -> summed metrics [K, ...]``.
     one_train: ``(state, batch [B, ...], rng, loss_index) -> (state, metrics)``, the
@@ -92,7 +93,7 @@ class GroupRun:
   runs: list[Run]
   state: Any
   train_rngs: jax.Array
-  loss_index: jax.Array
+  loss_index: jax.Array | np.ndarray
   train_fn: Callable
   eval_fn: Callable
   one_train: Callable
@@ -533,9 +534,12 @@ def _train_epochs(g: GroupRun, run_epoch, prepare, eval_fn, lanes, log: Log, lab
   best = jax.tree.map(jnp.copy, state) if select else None
   has_val = first.data.num_examples("validation") > 0
   lengths = list(itertools.takewhile(bool, _epoch_lengths(first)))
+  # The first epoch's clock starts before its input is built; each later epoch's input is
+  # built (and timed) inside the epoch before it.
+  t_epoch = time.perf_counter()
   ahead = prepare(0, lengths[0]) if prepare and lengths else None
   for epoch, n_steps in enumerate(lengths, start=1):
-    t_epoch = time.perf_counter()
+    t_epoch = t_epoch if epoch == 1 else time.perf_counter()
     state, fetch = run_epoch(state, epoch - 1, n_steps, ahead)
     ahead = prepare(epoch, lengths[epoch]) if prepare and epoch < len(lengths) else None
     pending = fetch()
