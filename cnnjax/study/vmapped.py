@@ -80,7 +80,8 @@ class GroupRun:
     runs: the K `Run`s, in config order.
     state: their stacked initial `TrainState` ``[K, ...]`` (None in the lanes strategy,
       which stacks each set of lanes' own runs on the host instead).
-    train_rngs: ``[K]`` keys (each run's ``train_rng``; on the host in the lanes strategy).
+    train_rngs: ``[K]`` keys (each run's ``train_rng``; None in the lanes strategy, whose
+      sets of lanes stack their own runs' keys).
     loss_index: int32 ``[K]``, each run's position among the group's distinct losses (a
       numpy array in the lanes strategy, whose sets of lanes put their own rows).
     train_fn: jitted ``(state, batch [K,B,...], rngs, loss_index) -> (state, metrics [K])``.
@@ -92,7 +93,7 @@ class GroupRun:
   """
   runs: list[Run]
   state: Any
-  train_rngs: jax.Array
+  train_rngs: jax.Array | None
   loss_index: jax.Array | np.ndarray
   train_fn: Callable
   eval_fn: Callable
@@ -176,8 +177,8 @@ def _start_group(configs: Sequence[ml_collections.ConfigDict]) -> _GroupStart:
 def _finish_group(start: _GroupStart, *, stack: bool = True) -> GroupRun:
   """The group with all its runs built; ``stack=False`` (lanes) leaves ``state`` None: each
   set of lanes stacks its own runs' states (`_lane_part`), the K train states are never
-  stacked (their keys and loss indices, small, are, on the host: no eager program to
-  compile while the lanes' programs compile)."""
+  stacked, nor are their keys (each set of lanes stacks its own); the loss indices are kept
+  on the host (no eager program to compile while the lanes' programs compile)."""
   configs, first, one_train, one_eval = start.configs, start.first, start.one_train, start.one_eval
   runs = [start.built.get(k) or build_run(c, data=first.data, initializer=first.initializer,
                                           optimizer_choices=start.choices)
@@ -194,7 +195,7 @@ def _finish_group(start: _GroupStart, *, stack: bool = True) -> GroupRun:
     train_fn, eval_fn = jax.vmap(one_train), jax.vmap(one_eval, in_axes=(0, None, 0))
   return GroupRun(
       runs=runs, state=_stack([r.state for r in runs]) if stack else None,
-      train_rngs=(jnp.stack if stack else _host_stack)([r.train_rng for r in runs]),
+      train_rngs=jnp.stack([r.train_rng for r in runs]) if stack else None,
       loss_index=(jnp.asarray if stack else np.asarray)(
           [start.position[_loss_key(c)] for c in configs], np.int32),
       train_fn=jax.jit(train_fn, donate_argnums=0), eval_fn=jax.jit(eval_fn),
