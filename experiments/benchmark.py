@@ -35,6 +35,7 @@ from absl import flags, logging
 from cnnjax import config as config_lib
 from cnnjax import cpu_runtime, models, optimizers
 from cnnjax.models import fast_ops
+from cnnjax.training import manifest
 from experiments import cli, timed_step
 
 FLAGS = flags.FLAGS
@@ -228,6 +229,7 @@ def _machine_info(compare_torch: bool) -> dict[str, object]:
       "devices": [str(d) for d in jax.devices()],
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
       "cpu_runtime": cpu_runtime.settings(),
+      "fast_ops": manifest.fast_ops_formulation(),
       "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE", ""),
   }
   try:

@@ -38,10 +38,10 @@ x = jnp.ones((2304, 2304))
 temp = f.lower(x).compile().memory_analysis().temp_size_in_bytes
 for _ in range(3):
   f(x).block_until_ready()
-# The least of four windows of 5 calls: the kernel may reclaim idle pages now and then
+# The least of eight windows of 5 calls: the kernel may reclaim idle pages now and then
 # (and the process then faults them back), which is not what this measures.
 windows = []
-for _ in range(4):
+for _ in range(8):
   start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   for _ in range(5):
     f(x).block_until_ready()

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnnjax import native
 from cnnjax.models import fast_ops
 
 # (kernel size, padding, strides, input side): the cases the models use
@@ -255,7 +256,8 @@ def test_max_pool_keeps_bfloat16():
 
 
 def test_implementation_dispatch():
-  assert fast_ops.resolve("auto") == ("hybrid" if jax.default_backend() == "cpu" else "lax")
+  cpu_default = "native" if native.available() else "hybrid"
+  assert fast_ops.resolve("auto") == (cpu_default if jax.default_backend() == "cpu" else "lax")
   assert fast_ops.resolve("auto", forward_only=True) == "lax"
   assert fast_ops.resolve("matmul", forward_only=True) == "matmul"
   with pytest.raises(ValueError, match="'im2col'"):

@@ -136,6 +136,10 @@ def test_reference_run_checkpoints_and_manifest(reference):
   assert manifest["devices"] and manifest["backend"] == "cpu"
   assert "XLA_FLAGS" in manifest
   assert "git_commit" in manifest and "version" in manifest
+  # The formulation "auto" trained with; a CPU without the native kernels says why.
+  assert manifest["fast_ops"]["auto"] in ("native", "hybrid")
+  assert (manifest["fast_ops"]["auto"] == "native") == ("native_unavailable" not in
+                                                         manifest["fast_ops"])
 
 
 def test_rerun_of_finished_run_reprints_and_recomputes_nothing(reference, data_dir, env):

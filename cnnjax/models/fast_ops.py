@@ -8,7 +8,7 @@ Three formulations exist for the convolution:
 
 * ``"lax"``: `lax.conv_general_dilated` / `lax.reduce_window`. On GPU and TPU
   these lower to cuDNN / the TPU convolution units and are the fast choice.
-* ``"hybrid"`` (the CPU default): the forward pass is XLA's own convolution
+* ``"hybrid"`` (the CPU default without the native kernels): the forward pass is XLA's own convolution
   (im2col + matmul below ``IM2COL_FORWARD_MAX_CIN`` input channels); a
   hand-written gradient computes dx as a plain forward convolution of the
   dilated, padded dy with the flipped kernel, and the kernel gradient as a
@@ -17,8 +17,14 @@ Three formulations exist for the convolution:
   `STRIDED_INPUT_GRAD_CHUNK_BYTES`, `KERNEL_GRAD_CHUNK_BYTES`). XLA's own CPU
   gradients of a convolution (lhs-dilated and batch-grouped convolutions) run
   2-10x slower, worst inside loops.
+* ``"native"`` (the CPU default where `cnnjax.native.available()`): the hybrid
+  formulation, except that a float32 convolution's forward pass, input gradient and
+  kernel gradient each run on the hand-written AVX-512 kernels of `cnnjax.native`
+  (called through XLA's FFI) when its channel counts are ones those kernels win at
+  (`NATIVE_MAX_CHANNELS`, `NATIVE_KERNEL_GRAD_CHANNELS`; output channels a
+  multiple of 16): the narrow layers of the CIFAR ResNets and the first VGG stage.
 * ``"matmul"``: im2col patches times the reshaped kernel (one matrix multiply
-  per batch chunk, with a hand-written chunked gradient). The previous CPU
+  per batch chunk, with a hand-written chunked gradient). An earlier CPU
   default, kept for comparison.
 
 Pooling with a window equal to its stride is, outside ``"lax"``, a reduction
@@ -30,12 +36,13 @@ option-A shortcut) is the strided slice `subsample`. Other overlapping or stride
 windows use `lax.reduce_window`.
 
 `conv_relu_max_pool` runs a conv -> ReLU -> max-pool block as one op under
-``"hybrid"`` (pooling before the ReLU, with which the max commutes).
+``"hybrid"`` and ``"native"`` (pooling before the ReLU, with which the max commutes).
 
 Every op takes the formulation as an explicit ``implementation`` argument
 (models carry it as a field, see `cnnjax.models.layers`); ``"auto"`` (the
-default) resolves with `resolve`: ``"hybrid"`` when `jax.default_backend()` is
-``"cpu"`` and ``"lax"`` otherwise. No module state decides it, so two models
+default) resolves with `resolve`: ``"native"`` (or ``"hybrid"`` where the native
+kernels cannot be built) when `jax.default_backend()` is ``"cpu"`` and ``"lax"``
+otherwise. No module state decides it, so two models
 with different formulations can live in one program.
 
 The formulations are fastest with the process settings of
@@ -55,10 +62,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from cnnjax import native
+
 
 Padding = str | Sequence[tuple[int, int]]
 
-IMPLEMENTATIONS = ("auto", "lax", "matmul", "hybrid")
+IMPLEMENTATIONS = ("auto", "lax", "matmul", "hybrid", "native")
 
 # Largest im2col patch block (bytes) handed to one matrix multiply. A batch
 # is split into the fewest equal chunks whose patches fit: measured on a
@@ -101,14 +110,16 @@ IM2COL_FORWARD_MAX_CIN = 8
 TAPS_LEADING_MAX_CIN = 3
 
 def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
-  """The concrete formulation, ``"lax"``, ``"hybrid"`` or ``"matmul"``, for a trace now.
+  """The concrete formulation (``"lax"``, ``"hybrid"``, ``"native"`` or ``"matmul"``) now.
 
-  ``"auto"`` is ``"hybrid"`` when `jax.default_backend()` is ``"cpu"`` and ``"lax"``
-  elsewhere. With ``forward_only=True`` (code that takes no gradients, such as
-  evaluation) ``"auto"`` is ``"lax"`` everywhere: the hybrid formulation's gains are
-  in the gradients, and for a forward pass alone XLA's own ops were faster on CPU
-  (evaluation, batch 128, same run: keras_cifar_cnn 12,959 vs 11,149 images/s,
-  mnist_cnn 8,265 vs 5,921). An explicit choice is returned unchanged.
+  ``"auto"`` on CPU (`jax.default_backend()` is ``"cpu"``) is ``"native"`` when
+  `cnnjax.native.available()` (an AVX-512 x86-64 CPU and a C++ compiler; the kernels
+  are built on first use) and ``"hybrid"`` otherwise; elsewhere it is ``"lax"``. With
+  ``forward_only=True`` (code that takes no gradients, such as evaluation) ``"auto"``
+  is ``"lax"`` everywhere: for a forward pass alone XLA's own ops were faster on CPU
+  than the hybrid formulation (evaluation, batch 128, same run: keras_cifar_cnn 12,959
+  vs 11,149 images/s, mnist_cnn 8,265 vs 5,921). An explicit choice is returned
+  unchanged.
 
   Examples:
     >>> resolve("lax")
@@ -121,9 +132,9 @@ def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
                      f"{list(IMPLEMENTATIONS)}")
   if implementation != "auto":
     return implementation
-  if forward_only:
+  if forward_only or jax.default_backend() != "cpu":
     return "lax"
-  return "hybrid" if jax.default_backend() == "cpu" else "lax"
+  return "native" if native.available() else "hybrid"
 
 
 def _spatial_pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int],
@@ -313,28 +324,38 @@ def _hybrid_conv_fwd(x, kernel, strides, pads, im2col_forward):
   return _hybrid_conv(x, kernel, strides, pads, im2col_forward), (x, kernel)
 
 
+def _hybrid_input_grad(g, kernel, x_shape, strides, pads):
+  """dx of the hybrid formulation: `_input_grad` in batch chunks (see `_input_grad_chunks`)."""
+  itemsize = jnp.result_type(g.dtype, kernel.dtype).itemsize
+  chunks = _input_grad_chunks(x_shape, g.shape, kernel.shape, strides, itemsize)
+  if chunks == 1:
+    return _input_grad(g, kernel, x_shape, strides, pads)
+  chunk_shape = (x_shape[0] // chunks, *x_shape[1:])
+  dx = lax.map(lambda gc: _input_grad(gc, kernel, chunk_shape, strides, pads),
+               g.reshape(chunks, -1, *g.shape[1:]))
+  return dx.reshape(x_shape)
+
+
+def _hybrid_kernel_grad(x, g, kernel_shape, strides, pads):
+  """dkernel of the hybrid formulation: `_kernel_grad_chunk` summed over batch chunks."""
+  itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
+  chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize, KERNEL_GRAD_CHUNK_BYTES)
+  if chunks == 1:
+    return _kernel_grad_chunk(x, g, kernel_shape, strides, pads)
+  xs = x.reshape(chunks, -1, *x.shape[1:])
+  gs = g.reshape(chunks, -1, *g.shape[1:])
+  dkernel, _ = lax.scan(
+      lambda acc, xg: (acc + _kernel_grad_chunk(xg[0], xg[1], kernel_shape, strides, pads), None),
+      jnp.zeros(kernel_shape, jnp.result_type(x.dtype, g.dtype)), (xs, gs))
+  return dkernel
+
+
 def _hybrid_conv_bwd(strides, pads, im2col_forward, residuals, g):
   del im2col_forward
   x, kernel = residuals
-  itemsize = jnp.result_type(x.dtype, g.dtype).itemsize
   # jit drops dx where x needs no gradient (a model's first layer).
-  chunks = _input_grad_chunks(x.shape, g.shape, kernel.shape, strides, itemsize)
-  if chunks == 1:
-    dx = _input_grad(g, kernel, x.shape, strides, pads)
-  else:
-    chunk_shape = (x.shape[0] // chunks, *x.shape[1:])
-    dx = lax.map(lambda gc: _input_grad(gc, kernel, chunk_shape, strides, pads),
-                 g.reshape(chunks, -1, *g.shape[1:]))
-    dx = dx.reshape(x.shape)
-  chunks = _grad_chunks(x.shape[0], (x[0].size + g[0].size) * itemsize, KERNEL_GRAD_CHUNK_BYTES)
-  if chunks == 1:
-    dkernel = _kernel_grad_chunk(x, g, kernel.shape, strides, pads)
-  else:
-    xs = x.reshape(chunks, -1, *x.shape[1:])
-    gs = g.reshape(chunks, -1, *g.shape[1:])
-    dkernel, _ = lax.scan(
-        lambda acc, xg: (acc + _kernel_grad_chunk(xg[0], xg[1], kernel.shape, strides, pads), None),
-        jnp.zeros(kernel.shape, jnp.result_type(x.dtype, g.dtype)), (xs, gs))
+  dx = _hybrid_input_grad(g, kernel, x.shape, strides, pads)
+  dkernel = _hybrid_kernel_grad(x, g, kernel.shape, strides, pads)
   return dx, dkernel.astype(kernel.dtype)
 
 
@@ -359,6 +380,106 @@ def conv2d_hybrid(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (
   kh, kw, cin, _ = kernel.shape
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
   return _hybrid_conv(x, kernel, strides, pads, cin < IM2COL_FORWARD_MAX_CIN)
+
+
+# Where the native kernels (`cnnjax.native`) beat the hybrid formulation, per op, one
+# core, batch 128, same process (docs/performance.md): forward 3->16 at 32x32 1.4-1.8 vs
+# 9-13 ms, 16->16 7-8.5 vs 12-16, 32->32 at 16x16 6.2-7.3 vs 8.4-10, 64->64 within
+# +-20 % either way, slower from 128 channels on (a block of 6 pixels x 64 output
+# channels streams its whole kernel slice from L2); kernel gradient 16->16 7.4-9.0 vs
+# 13-14 ms, 32->32 6.5 vs 10, 64->64 5.6 vs 8.3 (8x8) and 109 vs 131 (32x32), slower
+# at 128 channels and for 3 input channels (4.7 vs 2.4).
+NATIVE_MAX_CHANNELS = 64
+NATIVE_KERNEL_GRAD_CHANNELS = (16, 64)
+
+
+def _native_plan(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]
+                 ) -> tuple[bool, bool, bool]:
+  """Which of (forward, input gradient, kernel gradient) run on the native kernels."""
+  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or not native.available():
+    return (False, False, False)
+  _, _, cin, cout = kernel.shape
+  narrow = cin <= NATIVE_MAX_CHANNELS and cout <= NATIVE_MAX_CHANNELS
+  low, high = NATIVE_KERNEL_GRAD_CHANNELS
+  return (narrow and cout % 16 == 0, narrow and cin % 16 == 0,
+          low <= cin <= high and cout <= high and cout % 16 == 0)
+
+
+def _crop_to_windows(xp: jax.Array, kernel_shape, strides) -> jax.Array:
+  """xp without the rows and columns past the last window (the kernels' shape rule)."""
+  kh, kw = kernel_shape[:2]
+  ho, wo = (xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1
+  return xp[:, :(ho - 1) * strides[0] + kh, :(wo - 1) * strides[1] + kw]
+
+
+def _pad_spatial(x: jax.Array, pads) -> jax.Array:
+  zero = jnp.zeros((), x.dtype)
+  return lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _native_conv(x, kernel, strides, pads, plan):
+  if plan[0]:
+    return native.conv_forward(_crop_to_windows(_pad_spatial(x, pads), kernel.shape, strides),
+                               kernel, strides)
+  return _hybrid_conv(x, kernel, strides, pads, x.shape[-1] < IM2COL_FORWARD_MAX_CIN)
+
+
+def _native_conv_fwd(x, kernel, strides, pads, plan):
+  return _native_conv(x, kernel, strides, pads, plan), (x, kernel)
+
+
+def _native_conv_bwd(strides, pads, plan, residuals, g):
+  x, kernel = residuals
+  _, native_dx, native_dkernel = plan
+  kh, kw = kernel.shape[:2]
+  (pt, pb), (pl, pr) = pads
+  if native_dx:
+    # `_input_grad`'s correlation of the dilated, padded dy with the flipped kernel.
+    sh, sw = strides
+    rh = (x.shape[1] + pt + pb - kh) % sh
+    rw = (x.shape[2] + pl + pr - kw) % sw
+    gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (kh - 1 - pt, kh - 1 - pb + rh, sh - 1),
+                                             (kw - 1 - pl, kw - 1 - pr + rw, sw - 1), (0, 0, 0)))
+    dx = native.conv_forward(gp, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+  else:
+    dx = _hybrid_input_grad(g, kernel, x.shape, strides, pads)
+  if native_dkernel:
+    xp = _crop_to_windows(_pad_spatial(x, pads), kernel.shape, strides)
+    dkernel = native.conv_kernel_grad(xp, g, (kh, kw), strides)
+  else:
+    dkernel = _hybrid_kernel_grad(x, g, kernel.shape, strides, pads)
+  return dx, dkernel.astype(kernel.dtype)
+
+
+_native_conv.defvjp(_native_conv_fwd, _native_conv_bwd)
+
+
+def conv2d_native(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (1, 1),
+                  padding: Padding = "SAME") -> jax.Array:
+  """`conv2d` on the native CPU kernels where they are faster, else `conv2d_hybrid`.
+
+  Same arguments and result as `conv2d_lax`. A float32 convolution runs its
+  forward pass, input gradient and kernel gradient each on `cnnjax.native` when its
+  channel counts are ones the kernels win at (`NATIVE_MAX_CHANNELS`,
+  `NATIVE_KERNEL_GRAD_CHANNELS`, output channels a multiple of 16), and on the hybrid
+  formulation otherwise; everything is hybrid where `cnnjax.native.available()` is
+  False.
+
+  Examples:
+    >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
+    >>> conv2d_native(x, jnp.ones((2, 2, 1, 1)), padding="VALID")[0, :, :, 0]
+    Array([[10., 14., 18.],
+           [26., 30., 34.],
+           [42., 46., 50.]], dtype=float32)
+  """
+  strides = tuple(int(s) for s in strides)
+  plan = _native_plan(x, kernel, strides)
+  if not any(plan):
+    return conv2d_hybrid(x, kernel, strides=strides, padding=padding)
+  kh, kw, _, _ = kernel.shape
+  pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
+  return _native_conv(x, kernel, strides, pads, plan)
 
 
 def conv2d(
@@ -393,6 +514,8 @@ def conv2d(
     return conv2d_lax(x, kernel, strides=strides, padding=padding)
   if impl == "hybrid":
     return conv2d_hybrid(x, kernel, strides=strides, padding=padding)
+  if impl == "native":
+    return conv2d_native(x, kernel, strides=strides, padding=padding)
   return conv2d_matmul(x, kernel, strides=strides, padding=padding)
 
 
@@ -660,7 +783,7 @@ def conv_relu_max_pool(
 ) -> jax.Array:
   """``max_pool(relu(conv2d(x, kernel) + bias), window)`` with stride = window.
 
-  Under ``"hybrid"`` this is one custom-gradient op that pools the
+  Under ``"hybrid"`` and ``"native"`` this is one custom-gradient op that pools the
   pre-activation and applies the ReLU to the pooled map (max and ReLU
   commute), so the full-size ReLU output and its gradient mask are never
   formed; its convolution gradients are the "hybrid" ones. Same values and
@@ -677,7 +800,7 @@ def conv_relu_max_pool(
   window = tuple(int(w) for w in window)
   kh, kw, _, _ = kernel.shape
   impl = resolve(implementation)
-  if impl != "hybrid":
+  if impl not in ("hybrid", "native"):
     y = jax.nn.relu(conv2d(x, kernel, strides=strides, padding=padding, implementation=impl)
                     + bias)
     return max_pool(y, window, padding=pool_padding, implementation=impl)

@@ -3,7 +3,7 @@
 Every convolution and pooling goes through `cnnjax.models.fast_ops`, so a faster
 formulation of those primitives changes one file and no model. Which formulation is an
 ``implementation`` field of those layers (``"auto"``, ``"lax"``, ``"hybrid"``,
-``"matmul"``), which every model passes down from its own field of that name. Layout is NHWC for
+``"native"``, ``"matmul"``), which every model passes down from its own field of that name. Layout is NHWC for
 activations and HWIO (``[kh, kw, cin, cout]``) for convolution kernels.
 
 Precision policy (the same in every layer): parameters are created in

@@ -11,7 +11,8 @@ from typing import Any
 
 import jax
 
-from cnnjax import cpu_runtime
+from cnnjax import cpu_runtime, native
+from cnnjax.models import fast_ops
 
 _PACKAGES = ("cnnjax", "jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "ml-collections", "numpy", "scikit-learn")
@@ -57,5 +58,15 @@ def build(resolved_config: dict[str, Any], par, workdir: str) -> dict[str, Any]:
       "process_count": jax.process_count(),
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
       "cpu_runtime": cpu_runtime.settings(),
+      "fast_ops": fast_ops_formulation(),
       "compilation_cache": jax.config.jax_compilation_cache_dir,
   }
+
+
+def fast_ops_formulation() -> dict[str, Any]:
+  """What ``implementation="auto"`` trains with here, and why not native on a CPU without it."""
+  resolved = fast_ops.resolve("auto")
+  info: dict[str, Any] = {"auto": resolved}
+  if jax.default_backend() == "cpu" and resolved != "native":
+    info["native_unavailable"] = native.unavailable_reason()
+  return info
