@@ -137,3 +137,33 @@ def test_switched_off_falls_back_to_hybrid_and_says_why():
                        check=True).stdout
   assert out.split()[0] == "hybrid"
   assert "'native_unavailable': 'CNNJAX_NATIVE=0'" in out
+
+
+@needs_native
+def test_no_window_fits_falls_back_like_lax():
+  # A 3x3 VALID kernel on 1-row inputs: lax returns an empty map, so must "native".
+  x = jnp.ones((1, 1, 6, 16))
+  k = jnp.ones((3, 3, 16, 16))
+  assert fast_ops._native_plan(x, k, (1, 1), ((0, 0), (0, 0))) == (False, False, False)
+  y = fast_ops.conv2d(x, k, padding="VALID", implementation="native")
+  assert y.shape == _lax_conv(x, k, "VALID").shape == (1, 0, 4, 16)
+
+
+@needs_native
+def test_batch_sharded_runs_train_with_the_hybrid_formulation():
+  """The FFI calls have no partitioning rule, so a sharded run keeps the XLA formulation."""
+  from cnnjax import config as config_lib
+  from cnnjax import parallel
+  from cnnjax.data import catalog, pipeline
+  from cnnjax.training import build
+  info = catalog.DatasetInfo("cifar10", (8, 8, 3), 10)
+  rng = np.random.default_rng(0)
+  arrays = (rng.integers(0, 256, (16, 8, 8, 3), dtype=np.uint8), rng.integers(0, 10, 16))
+  data = pipeline.Dataset(info, arrays, arrays, batch_size=8, eval_batch_size=8)
+  config = config_lib.get_config()
+  config.dataset, config.validation_fraction = "cifar10", 0.0
+  single = build.build_run(config, data=data)
+  assert single.model.implementation == "native"
+  assert jax.device_count() > 1  # tests/conftest.py: 8 CPU devices
+  sharded = build.build_run(config, data=data, parallel=parallel.Parallel("sharded"))
+  assert sharded.model.implementation == "hybrid"

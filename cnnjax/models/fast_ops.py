@@ -393,12 +393,15 @@ NATIVE_MAX_CHANNELS = 64
 NATIVE_KERNEL_GRAD_CHANNELS = (16, 64)
 
 
-def _native_plan(x: jax.Array, kernel: jax.Array, strides: tuple[int, int]
-                 ) -> tuple[bool, bool, bool]:
+def _native_plan(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                 pads: Sequence[tuple[int, int]] = ((0, 0), (0, 0))) -> tuple[bool, bool, bool]:
   """Which of (forward, input gradient, kernel gradient) run on the native kernels."""
-  if x.dtype != jnp.float32 or kernel.dtype != jnp.float32 or not native.available():
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = pads
+  empty = x.shape[1] + pt + pb < kh or x.shape[2] + pl + pr < kw  # no window fits
+  if (empty or x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+      or not native.available()):
     return (False, False, False)
-  _, _, cin, cout = kernel.shape
   narrow = cin <= NATIVE_MAX_CHANNELS and cout <= NATIVE_MAX_CHANNELS
   low, high = NATIVE_KERNEL_GRAD_CHANNELS
   return (narrow and cout % 16 == 0, narrow and cin % 16 == 0,
@@ -474,11 +477,11 @@ def conv2d_native(x: jax.Array, kernel: jax.Array, *, strides: Sequence[int] = (
            [42., 46., 50.]], dtype=float32)
   """
   strides = tuple(int(s) for s in strides)
-  plan = _native_plan(x, kernel, strides)
-  if not any(plan):
-    return conv2d_hybrid(x, kernel, strides=strides, padding=padding)
   kh, kw, _, _ = kernel.shape
   pads = tuple(tuple(p) for p in _spatial_pads(x.shape[1:3], (kh, kw), strides, padding))
+  plan = _native_plan(x, kernel, strides, pads)
+  if not any(plan):
+    return conv2d_hybrid(x, kernel, strides=strides, padding=padding)
   return _native_conv(x, kernel, strides, pads, plan)
 
 

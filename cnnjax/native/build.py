@@ -4,9 +4,10 @@ The library is built for the CPU it runs on (``-march=native``) with the C++
 compiler ``$CXX`` (default ``g++``) against the XLA FFI headers that ship with
 jaxlib (`jax.ffi.include_dir`). It lands in ``$CNNJAX_NATIVE_CACHE`` (default
 ``~/.cache/cnnjax/native``) under a name that hashes the source, the compiler's
-version, the jaxlib version and the CPU's flags, so a change of any of them builds
-afresh and a stale library is never loaded. The build writes a temporary file and
-renames it into place, so concurrent processes (test workers) never see half a file.
+path and version, the jaxlib version, the C library's version and the CPU's flags, so
+a change of any of them builds afresh and a stale library is never loaded. The build
+writes a temporary file and renames it into place, so concurrent processes (test
+workers) never see half a file.
 
 `library()` raises `NativeUnavailable` with the reason when there is no x86-64
 CPU with AVX-512, no compiler, or the build fails; callers fall back to XLA's own
@@ -56,8 +57,15 @@ def _compiler() -> str:
   return path
 
 
+BUILD_TIMEOUT_SECONDS = 300
+
+
 def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-  return subprocess.run(cmd, capture_output=True, text=True, check=False)
+  try:
+    return subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False,
+                          timeout=BUILD_TIMEOUT_SECONDS)
+  except subprocess.TimeoutExpired as e:
+    raise NativeUnavailable(f"{cmd[0]} took over {BUILD_TIMEOUT_SECONDS} s") from e
 
 
 @functools.cache
@@ -76,8 +84,8 @@ def library() -> Path:
   text = SOURCE.read_text()
   generated = blocks.source()
   key = hashlib.sha256("\n".join(
-      [text, generated, *version, jaxlib.__version__, " ".join(FLAGS),
-       " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
+      [text, generated, cxx, *version, jaxlib.__version__, " ".join(FLAGS),
+       " ".join(platform.libc_ver()), " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
   cache = Path(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
   target = cache / f"libcnnjax_conv-{key}.so"
   if target.exists():

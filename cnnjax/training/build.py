@@ -151,7 +151,13 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   task = tasks_lib.get_task(config.task, data.info, data=data, config=config)
   data = task.prepare(data)
-  model = task.make_model(config, implementation=fast_ops.resolve(implementation),
+  train_impl = fast_ops.resolve(implementation)
+  if (implementation == "auto" and train_impl == "native" and parallel is not None
+      and parallel.mode == "sharded" and parallel.num_devices > 1):
+    # The native kernels' FFI calls have no partitioning rule: under a batch-sharded jit
+    # XLA would gather the whole batch onto every device for each convolution.
+    train_impl = "hybrid"
+  model = task.make_model(config, implementation=train_impl,
                           **({} if parallel is None else parallel.model_kwargs()))
   eval_model = model.clone(implementation=fast_ops.resolve(implementation, forward_only=True))
   steps_per_epoch = data.steps_per_epoch
