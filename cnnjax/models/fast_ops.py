@@ -109,7 +109,8 @@ IM2COL_FORWARD_MAX_CIN = 8
 # keras_cifar_cnn 2,630 -> 2,825 (docs/performance.md).
 TAPS_LEADING_MAX_CIN = 3
 
-def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
+def resolve(implementation: str = "auto", *, forward_only: bool = False,
+            batch_sharded: bool = False) -> str:
   """The concrete formulation (``"lax"``, ``"hybrid"``, ``"native"`` or ``"matmul"``) now.
 
   ``"auto"`` on CPU (`jax.default_backend()` is ``"cpu"``) is ``"native"`` when
@@ -118,8 +119,10 @@ def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
   ``forward_only=True`` (code that takes no gradients, such as evaluation) ``"auto"``
   is ``"lax"`` everywhere: for a forward pass alone XLA's own ops were faster on CPU
   than the hybrid formulation (evaluation, batch 128, same run: keras_cifar_cnn 12,959
-  vs 11,149 images/s, mnist_cnn 8,265 vs 5,921). An explicit choice is returned
-  unchanged.
+  vs 11,149 images/s, mnist_cnn 8,265 vs 5,921). With ``batch_sharded=True`` (a jit
+  whose batch is split over several devices) ``"auto"`` is ``"hybrid"`` on CPU: the
+  native kernels' FFI calls have no partitioning rule, and XLA would gather the whole
+  batch onto every device for each of them. An explicit choice is returned unchanged.
 
   Examples:
     >>> resolve("lax")
@@ -134,7 +137,7 @@ def resolve(implementation: str = "auto", *, forward_only: bool = False) -> str:
     return implementation
   if forward_only or jax.default_backend() != "cpu":
     return "lax"
-  return "native" if native.available() else "hybrid"
+  return "native" if not batch_sharded and native.available() else "hybrid"
 
 
 def _spatial_pads(shape: Sequence[int], window: Sequence[int], strides: Sequence[int],
@@ -280,6 +283,13 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...],
   because XLA's own input gradient (an lhs-dilated convolution) runs 5-10x
   slower on CPU inside a loop (measured in docs/performance.md).
   """
+  gp, kflip = _input_grad_operands(g, kernel, x_shape, strides, pads)
+  return lax.conv_general_dilated(gp, kflip, (1, 1), "VALID",
+                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _input_grad_operands(g, kernel, x_shape, strides, pads):
+  """(dy dilated by the strides and padded, flipped in/out-swapped kernel) of `_input_grad`."""
   kh, kw, _, _ = kernel.shape
   (pt, pb), (pl, pr) = pads
   sh, sw = strides
@@ -288,9 +298,7 @@ def _input_grad(g: jax.Array, kernel: jax.Array, x_shape: tuple[int, ...],
   zero = jnp.zeros((), g.dtype)
   gp = lax.pad(g, zero, ((0, 0, 0), (kh - 1 - pt, kh - 1 - pb + rh, sh - 1),
                          (kw - 1 - pl, kw - 1 - pr + rw, sw - 1), (0, 0, 0)))
-  kflip = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
-  return lax.conv_general_dilated(gp, kflip, (1, 1), "VALID",
-                                  dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return gp, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
 
 
 def _grad_chunks(batch: int, bytes_per_example: int, budget: int | None = None) -> int:
@@ -435,21 +443,13 @@ def _native_conv_fwd(x, kernel, strides, pads, plan):
 def _native_conv_bwd(strides, pads, plan, residuals, g):
   x, kernel = residuals
   _, native_dx, native_dkernel = plan
-  kh, kw = kernel.shape[:2]
-  (pt, pb), (pl, pr) = pads
   if native_dx:
-    # `_input_grad`'s correlation of the dilated, padded dy with the flipped kernel.
-    sh, sw = strides
-    rh = (x.shape[1] + pt + pb - kh) % sh
-    rw = (x.shape[2] + pl + pr - kw) % sw
-    gp = lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (kh - 1 - pt, kh - 1 - pb + rh, sh - 1),
-                                             (kw - 1 - pl, kw - 1 - pr + rw, sw - 1), (0, 0, 0)))
-    dx = native.conv_forward(gp, jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2))
+    dx = native.conv_forward(*_input_grad_operands(g, kernel, x.shape, strides, pads))
   else:
     dx = _hybrid_input_grad(g, kernel, x.shape, strides, pads)
   if native_dkernel:
     xp = _crop_to_windows(_pad_spatial(x, pads), kernel.shape, strides)
-    dkernel = native.conv_kernel_grad(xp, g, (kh, kw), strides)
+    dkernel = native.conv_kernel_grad(xp, g, kernel.shape[:2], strides)
   else:
     dkernel = _hybrid_kernel_grad(x, g, kernel.shape, strides, pads)
   return dx, dkernel.astype(kernel.dtype)

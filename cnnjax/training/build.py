@@ -114,6 +114,11 @@ def optimizer_key(config: ml_collections.ConfigDict) -> str:
   return json.dumps(section, sort_keys=True, default=str)
 
 
+def batch_sharded(parallel) -> bool:
+  """Whether a run's steps are one jit with the batch split over several devices."""
+  return parallel is not None and parallel.mode == "sharded" and parallel.num_devices > 1
+
+
 def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
               initializer: Callable | None = None, implementation: str = "auto",
               microbatches: int = 0,
@@ -151,13 +156,8 @@ def build_run(config: ml_collections.ConfigDict, *, parallel=None, data=None,
     parallel.check_batch_size(config.eval_batch_size, "eval_batch_size")
   task = tasks_lib.get_task(config.task, data.info, data=data, config=config)
   data = task.prepare(data)
-  train_impl = fast_ops.resolve(implementation)
-  if (implementation == "auto" and train_impl == "native" and parallel is not None
-      and parallel.mode == "sharded" and parallel.num_devices > 1):
-    # The native kernels' FFI calls have no partitioning rule: under a batch-sharded jit
-    # XLA would gather the whole batch onto every device for each convolution.
-    train_impl = "hybrid"
-  model = task.make_model(config, implementation=train_impl,
+  model = task.make_model(config, implementation=fast_ops.resolve(
+                              implementation, batch_sharded=batch_sharded(parallel)),
                           **({} if parallel is None else parallel.model_kwargs()))
   eval_model = model.clone(implementation=fast_ops.resolve(implementation, forward_only=True))
   steps_per_epoch = data.steps_per_epoch

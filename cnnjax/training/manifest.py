@@ -13,6 +13,7 @@ import jax
 
 from cnnjax import cpu_runtime, native
 from cnnjax.models import fast_ops
+from cnnjax.training import build as build_lib
 
 _PACKAGES = ("cnnjax", "jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "grain",
              "tensorflow-datasets", "ml-collections", "numpy", "scikit-learn")
@@ -58,15 +59,16 @@ def build(resolved_config: dict[str, Any], par, workdir: str) -> dict[str, Any]:
       "process_count": jax.process_count(),
       "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
       "cpu_runtime": cpu_runtime.settings(),
-      "fast_ops": fast_ops_formulation(),
+      "fast_ops": fast_ops_formulation(par),
       "compilation_cache": jax.config.jax_compilation_cache_dir,
   }
 
 
-def fast_ops_formulation() -> dict[str, Any]:
-  """What ``implementation="auto"`` trains with here, and why not native on a CPU without it."""
-  resolved = fast_ops.resolve("auto")
+def fast_ops_formulation(par=None) -> dict[str, Any]:
+  """What ``implementation="auto"`` trains with here (under ``par``, a `cnnjax.parallel.Parallel`
+  or None for one device), and why not native on a CPU without the kernels."""
+  resolved = fast_ops.resolve("auto", batch_sharded=build_lib.batch_sharded(par))
   info: dict[str, Any] = {"auto": resolved}
   if jax.default_backend() == "cpu" and resolved != "native":
-    info["native_unavailable"] = native.unavailable_reason()
+    info["native_unavailable"] = native.unavailable_reason() or "the batch is sharded"
   return info
