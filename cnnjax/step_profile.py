@@ -44,12 +44,17 @@ class Row:
 
 @dataclasses.dataclass(frozen=True)
 class StepProfile:
-  """Thunk time per step, by pass, by layer and by thunk; ``step_ms`` is the wall time."""
+  """Thunk time per step, by pass, layer, kind and thunk; ``step_ms`` is the wall time.
+
+  A thunk's kind is its instruction kind (``fusion``, ``copy``, ...) or, for a
+  custom call, its target (``cnnjax_conv_forward``, ...).
+  """
   step_ms: float
   thunk_ms: float
   by_pass: list[Row]
   by_layer: list[Row]
   by_thunk: list[Row]
+  by_kind: list[Row] = dataclasses.field(default_factory=list)
 
 
 def op_sources(hlo_text: str) -> dict[str, str]:
@@ -65,6 +70,36 @@ def op_sources(hlo_text: str) -> dict[str, str]:
     if match:
       sources.setdefault(match.group(1), match.group(2))
   return sources
+
+
+_TARGET = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?custom_call_target=\"([^\"]*)\"")
+
+
+def op_kinds(hlo_text: str) -> dict[str, str]:
+  """Custom-call instruction name -> its target, from a compiled module's text.
+
+  Example:
+    >>> op_kinds('  %ffi_call.7 = f32[2]{0} custom-call(%p), custom_call_target="k"')
+    {'ffi_call.7': 'k'}
+  """
+  kinds = {}
+  for line in hlo_text.splitlines():
+    match = _TARGET.match(line)
+    if match:
+      kinds[match.group(1)] = match.group(2)
+  return kinds
+
+
+def thunk_kind(thunk: str, kinds: dict[str, str]) -> str:
+  """The custom-call target of ``thunk``, else its name without the numeric suffix.
+
+  Examples:
+    >>> thunk_kind("loop_multiply_fusion.12", {})
+    'loop_multiply_fusion'
+    >>> thunk_kind("ffi_call.3", {"ffi_call.3": "cnnjax_bn_stats"})
+    'cnnjax_bn_stats'
+  """
+  return kinds.get(thunk) or re.sub(r"(\.\d+)+$", "", thunk)
 
 
 def split_source(op_name: str) -> tuple[str, str]:
@@ -98,19 +133,21 @@ def _rows(totals: dict[str, int], counts: dict[str, int], steps: int) -> list[Ro
 
 
 def summarize(durations: Sequence[tuple[str, int]], sources: dict[str, str], *, steps: int,
-              step_ms: float) -> StepProfile:
-  """Groups (thunk name, nanoseconds) events of ``steps`` steps by pass, layer and thunk."""
-  by = {name: (collections.Counter(), collections.Counter()) for name in ("pass", "layer", "thunk")}
+              step_ms: float, kinds: dict[str, str] | None = None) -> StepProfile:
+  """Groups (thunk name, nanoseconds) events of ``steps`` steps by pass, layer, kind, thunk."""
+  names = ("pass", "layer", "thunk", "kind")
+  by = {name: (collections.Counter(), collections.Counter()) for name in names}
   total = 0
   for thunk, ns in durations:
     pass_, layer = split_source(sources.get(thunk, ""))
-    for name, key in (("pass", pass_), ("layer", f"{pass_}: {layer}"), ("thunk", thunk)):
+    for name, key in (("pass", pass_), ("layer", f"{pass_}: {layer}"), ("thunk", thunk),
+                      ("kind", thunk_kind(thunk, kinds or {}))):
       by[name][0][key] += ns
       by[name][1][key] += 1
     total += ns
   return StepProfile(step_ms=step_ms, thunk_ms=total / steps / 1e6,
                      by_pass=_rows(*by["pass"], steps), by_layer=_rows(*by["layer"], steps),
-                     by_thunk=_rows(*by["thunk"], steps))
+                     by_thunk=_rows(*by["thunk"], steps), by_kind=_rows(*by["kind"], steps))
 
 
 def _thunk_events(trace_dir: str) -> list[tuple[str, int]]:
@@ -163,4 +200,6 @@ def profile_compiled(compiled: Any, args: Sequence[Any], *, steps: int = 5,
     with jax.profiler.trace(where):
       run()
     events = _thunk_events(where)
-  return summarize(events, op_sources(compiled.as_text()), steps=steps, step_ms=step_ms)
+  text = compiled.as_text()
+  return summarize(events, op_sources(text), steps=steps, step_ms=step_ms,
+                   kinds=op_kinds(text))

@@ -70,6 +70,7 @@ def main(argv: list[str]) -> None:
   total = profile.thunk_ms
   print(_table("by pass", profile.by_pass, total, FLAGS.top))
   print(_table("by layer", profile.by_layer, total, FLAGS.top))
+  print(_table("by kind", profile.by_kind, total, FLAGS.top))
   print(_table("by thunk", profile.by_thunk, total, FLAGS.top))
 
 

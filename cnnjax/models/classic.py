@@ -49,6 +49,15 @@ class BatchNormClassifier(Classifier):
   bn_ghost_batches: int = 1
 
 
+def fuses_batch_norm(module: nn.Module, train: bool) -> bool:
+  """Whether ``module`` runs BatchNorm -> (add ->) ReLU as one op (`layers.batch_norm_relu`).
+
+  In training, unless intermediates are captured: inspection must see the ReLU
+  outputs as layers of their own.
+  """
+  return train and not module.is_mutable_collection("intermediates")
+
+
 def conv_relu_pool_blocks(module: nn.Module, x: jax.Array, features: Sequence[int], *,
                           kernel_size: tuple[int, int], padding, pool_padding: str,
                           train: bool) -> jax.Array:
@@ -87,14 +96,16 @@ def conv_bn_relu(module: nn.Module, x: jax.Array, width: int, suffix: str, *,
                  train: bool) -> jax.Array:
   """conv{suffix} (3x3, pad 1, no bias) -> bn{suffix} -> relu{suffix} in ``module``'s scope.
 
-  BatchNorm follows ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``.
+  BatchNorm follows ``module``'s ``bn_axis_name`` and ``bn_ghost_batches``; in
+  training it and the ReLU are one op (`fuses_batch_norm`).
   """
   x = layers.Conv(width, (3, 3), padding=1, use_bias=False, dtype=module.dtype,
                   implementation=module.implementation, name=f"conv{suffix}")(x)
-  x = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
-                       ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
-                       name=f"bn{suffix}")(x)
-  return layers.ReLU(name=f"relu{suffix}")(x)
+  bn = layers.BatchNorm(use_running_average=not train, axis_name=module.bn_axis_name,
+                        ghost_batches=module.bn_ghost_batches, dtype=module.dtype,
+                        implementation=module.implementation, name=f"bn{suffix}")
+  return layers.batch_norm_relu(x, bn, relu_name=f"relu{suffix}",
+                                fused=fuses_batch_norm(module, train))
 
 
 def resolve_dropout(rate: float | None, default: float, model: str) -> float:

@@ -1,4 +1,4 @@
-"""Convolution and pooling primitives used by every cnnjax layer.
+"""Convolution, pooling and BatchNorm primitives used by every cnnjax layer.
 
 All models call these functions, never `lax.conv_general_dilated` or
 `nn.max_pool` directly, so a faster formulation can be swapped in at one place.
@@ -23,6 +23,9 @@ Three formulations exist for the convolution:
   (called through XLA's FFI) when its channel counts are ones those kernels win at
   (`NATIVE_MAX_CHANNELS`, `NATIVE_KERNEL_GRAD_CHANNELS`; output channels a
   multiple of 16): the narrow layers of the CIFAR ResNets and the first VGG stage.
+  The kernels pad as they read, so no padded copy of the input is made. Training-mode
+  BatchNorm, with the residual add and ReLU that follow it, streams on the native
+  kernels too (`batch_norm_train`).
 * ``"matmul"``: im2col patches times the reshaped kernel (one matrix multiply
   per batch chunk, with a hand-written chunked gradient). An earlier CPU
   default, kept for comparison.
@@ -407,7 +410,7 @@ def _native_plan(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   kh, kw, cin, cout = kernel.shape
   (pt, pb), (pl, pr) = pads
   empty = x.shape[1] + pt + pb < kh or x.shape[2] + pl + pr < kw  # no window fits
-  if (empty or x.dtype != jnp.float32 or kernel.dtype != jnp.float32
+  if (empty or min(pt, pb, pl, pr) < 0 or x.dtype != jnp.float32 or kernel.dtype != jnp.float32
       or not native.available()):
     return (False, False, False)
   narrow = cin <= NATIVE_MAX_CHANNELS and cout <= NATIVE_MAX_CHANNELS
@@ -416,23 +419,22 @@ def _native_plan(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
           low <= cin <= high and cout <= high and cout % 16 == 0)
 
 
-def _crop_to_windows(xp: jax.Array, kernel_shape, strides) -> jax.Array:
-  """xp without the rows and columns past the last window (the kernels' shape rule)."""
-  kh, kw = kernel_shape[:2]
-  ho, wo = (xp.shape[1] - kh) // strides[0] + 1, (xp.shape[2] - kw) // strides[1] + 1
-  return xp[:, :(ho - 1) * strides[0] + kh, :(wo - 1) * strides[1] + kw]
-
-
-def _pad_spatial(x: jax.Array, pads) -> jax.Array:
-  zero = jnp.zeros((), x.dtype)
-  return lax.pad(x, zero, ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+def _native_input_grad(g: jax.Array, kernel: jax.Array, x_shape, strides, pads) -> jax.Array:
+  """dx of a native convolution: the flipped-kernel correlation of (dilated, padded) dy."""
+  kh, kw, _, _ = kernel.shape
+  (pt, pb), (pl, pr) = pads
+  dy_pads = ((kh - 1 - pt, kh - 1 - pb), (kw - 1 - pl, kw - 1 - pr))
+  if strides == (1, 1) and min(min(p) for p in dy_pads) >= 0:
+    # A stride-1 dy needs no dilation: the kernel pads it as it reads.
+    kflip = jnp.flip(kernel, (0, 1)).transpose(0, 1, 3, 2)
+    return native.conv_forward(g, kflip, (1, 1), dy_pads)
+  return native.conv_forward(*_input_grad_operands(g, kernel, x_shape, strides, pads))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _native_conv(x, kernel, strides, pads, plan):
   if plan[0]:
-    return native.conv_forward(_crop_to_windows(_pad_spatial(x, pads), kernel.shape, strides),
-                               kernel, strides)
+    return native.conv_forward(x, kernel, strides, pads)
   return _hybrid_conv(x, kernel, strides, pads, x.shape[-1] < IM2COL_FORWARD_MAX_CIN)
 
 
@@ -444,12 +446,11 @@ def _native_conv_bwd(strides, pads, plan, residuals, g):
   x, kernel = residuals
   _, native_dx, native_dkernel = plan
   if native_dx:
-    dx = native.conv_forward(*_input_grad_operands(g, kernel, x.shape, strides, pads))
+    dx = _native_input_grad(g, kernel, x.shape, strides, pads)
   else:
     dx = _hybrid_input_grad(g, kernel, x.shape, strides, pads)
   if native_dkernel:
-    xp = _crop_to_windows(_pad_spatial(x, pads), kernel.shape, strides)
-    dkernel = native.conv_kernel_grad(xp, g, kernel.shape[:2], strides)
+    dkernel = native.conv_kernel_grad(x, g, kernel.shape[:2], strides, pads)
   else:
     dkernel = _hybrid_kernel_grad(x, g, kernel.shape, strides, pads)
   return dx, dkernel.astype(kernel.dtype)
@@ -520,6 +521,126 @@ def conv2d(
   if impl == "native":
     return conv2d_native(x, kernel, strides=strides, padding=padding)
   return conv2d_matmul(x, kernel, strides=strides, padding=padding)
+
+
+# ----------------------------------------------------------------------------- BatchNorm
+
+
+def _batch_norm_lax(x, scale, bias, epsilon, groups, axis_name, residual, relu, dtype):
+  """Training-mode BatchNorm as plain jnp ops (every case the native kernels do not take)."""
+  n = x.shape[0]
+  x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  # [G, N/G, ..., C]: statistics over every axis but the group and feature axes.
+  xg = x32.reshape(groups, n // groups, *x.shape[1:])
+  axes = tuple(range(1, xg.ndim - 1))
+  mean = xg.mean(axis=axes, keepdims=True)
+  if axis_name is not None:
+    mean = lax.pmean(mean, axis_name)
+  # Two-pass variance (no E[x^2] - E[x]^2 cancellation); under pmean the second pass
+  # uses the global mean, so it is the exact global variance.
+  var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
+  if axis_name is not None:
+    var = lax.pmean(var, axis_name)
+  y = ((xg - mean) * (scale * lax.rsqrt(var + epsilon)) + bias).reshape(x.shape).astype(dtype)
+  # The same ops, in the same dtype, as separate BatchNorm, add and ReLU layers.
+  if residual is not None:
+    y = y + residual.astype(dtype)
+  if relu:
+    y = jax.nn.relu(y)
+  c = x.shape[-1]
+  return y, mean.reshape(groups, c), var.reshape(groups, c)
+
+
+def _native_bn_forward(x, scale, bias, residual, epsilon, relu):
+  mean, var = native.bn_stats(x)
+  inv = lax.rsqrt(var + epsilon)
+  y = native.bn_apply(x, mean, scale * inv, bias, residual, relu=relu)
+  return (y, mean, var), (x, y, mean, inv, scale)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _native_bn(x, scale, bias, residual, epsilon, relu, has_residual):
+  return _native_bn_forward(x, scale, bias, residual, epsilon, relu)[0]
+
+
+def _native_bn_fwd(x, scale, bias, residual, epsilon, relu, has_residual):
+  return _native_bn_forward(x, scale, bias, residual, epsilon, relu)
+
+
+def _native_bn_bwd(epsilon, relu, has_residual, residuals, cotangents):
+  x, y, mean, inv, scale = residuals
+  gy, gmean, gvar = cotangents
+  m = x.size // x.shape[-1]
+  # With xc = x - mean and dz the gradient of the pre-activation, two sums over rows:
+  sum_dz, sum_dz_xc = native.bn_grad_reduce(x, y, gy, mean, relu=relu)
+  # dx = scale inv (dz - mean(dz) - xc inv^2 mean(dz xc)) (Ioffe & Szegedy 2015, sec. 3),
+  # plus what the returned statistics pass back: d mean/dx = 1/m, d var/dx = 2 xc / m.
+  alpha = scale * inv
+  beta = (gmean - alpha * sum_dz) / m
+  gamma = (2 * gvar - alpha * inv * inv * sum_dz_xc) / m
+  out = native.bn_grad_apply(x, y, gy, mean, alpha, beta, gamma, relu=relu,
+                             residual=has_residual)
+  dx, dresidual = out if has_residual else (out, None)
+  return dx, sum_dz_xc * inv, sum_dz, dresidual
+
+
+_native_bn.defvjp(_native_bn_fwd, _native_bn_bwd)
+
+
+def _native_bn_applies(x, scale, residual, groups, axis_name, dtype) -> bool:
+  return (x.ndim >= 2 and x.shape[-1] % 16 == 0 and x.size > 0 and groups == 1
+          and axis_name is None and x.dtype == jnp.float32 and scale.dtype == jnp.float32
+          and jnp.dtype(dtype) == jnp.float32
+          and (residual is None or residual.dtype == jnp.float32) and native.available())
+
+
+def batch_norm_train(
+    x: jax.Array,
+    scale: jax.Array,
+    bias: jax.Array,
+    *,
+    epsilon: float = 1e-5,
+    groups: int = 1,
+    axis_name: str | None = None,
+    residual: jax.Array | None = None,
+    relu: bool = False,
+    dtype=jnp.float32,
+    implementation: str = "auto",
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Training-mode BatchNorm of x [N, ..., C], optionally followed by ``+ residual`` and ReLU.
+
+  Normalizes with the batch mean and biased variance over every axis but the last,
+  computed in float32 per group of ``groups`` equal contiguous batch slices (ghost
+  batches) and averaged over ``axis_name`` when set; then ``y = (x - mean) scale /
+  sqrt(var + epsilon) + bias``, cast to ``dtype``, plus ``residual`` and ReLU when
+  asked. Under ``"native"`` a float32 input with channels a multiple of 16, one group
+  and no ``axis_name`` runs on the streaming kernels of `cnnjax.native` (one read of x
+  for the statistics, one pass to apply, two for the gradient, against XLA:CPU's
+  slower fusions); everything else, and every other formulation, is plain jnp.
+
+  Returns:
+    (y like x in ``dtype``, mean [groups, C], var [groups, C]); mean and var are
+    float32 and differentiable like y.
+
+  Examples:
+    >>> x = jnp.array([[1.0, -2.0], [3.0, 2.0]])
+    >>> y, mean, var = batch_norm_train(x, jnp.ones(2), jnp.zeros(2), epsilon=0.0)
+    >>> y
+    Array([[-1., -1.],
+           [ 1.,  1.]], dtype=float32)
+    >>> mean, var
+    (Array([[2., 0.]], dtype=float32), Array([[1., 4.]], dtype=float32))
+  """
+  if x.shape[0] % groups:
+    raise ValueError(f"BatchNorm ghost_batches ({groups}) must divide the batch size "
+                     f"({x.shape[0]})")
+  if (resolve(implementation) == "native"
+      and _native_bn_applies(x, scale, residual, groups, axis_name, dtype)):
+    y, mean, var = _native_bn(x, scale, bias, residual, float(epsilon), bool(relu),
+                              residual is not None)
+    return y, mean[None], var[None]
+  return _batch_norm_lax(x, scale, bias, epsilon, groups, axis_name, residual, relu,
+                         jnp.dtype(dtype))
 
 
 # ----------------------------------------------------------------------------- pooling

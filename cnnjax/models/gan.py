@@ -45,9 +45,9 @@ class DCGANGenerator(nn.Module):
   bn_ghost_batches: int = 1
 
   def _bn_relu(self, x: jax.Array, train: bool, name: str) -> jax.Array:
-    x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
-                         ghost_batches=self.bn_ghost_batches, dtype=self.dtype, name=name)(x)
-    return nn.relu(x)
+    return layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
+                            ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
+                            implementation=self.implementation, name=name)(x, relu=True)
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:

@@ -345,6 +345,12 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance (1e-5).
     dtype: output dtype; statistics are computed in float32 regardless.
     param_dtype: dtype of ``scale``/``bias`` and of the running averages.
+    implementation: the `fast_ops` formulation of the training-mode op (see
+      `fast_ops.batch_norm_train`; ``"native"`` streams it on the CPU kernels).
+
+  The call can also add a ``residual`` and apply ReLU (``relu=True``): one op,
+  ``relu(BN(x) + residual)``, with the values of separate BatchNorm, add and ReLU
+  layers; models use it through `batch_norm_relu`.
 
   Variables: params ``scale`` [C] (ones), ``bias`` [C] (zeros); batch_stats
   ``mean`` [C] (zeros), ``var`` [C] (ones) - the names flax ``nn.BatchNorm`` uses.
@@ -367,10 +373,12 @@ class BatchNorm(nn.Module):
   param_dtype: Dtype = jnp.float32
   scale_init: Initializer = nn.initializers.ones_init()
   bias_init: Initializer = nn.initializers.zeros_init()
+  implementation: str = "auto"
 
   @nn.compact
-  def __call__(self, x: jax.Array, use_running_average: bool | None = None) -> jax.Array:
-    """Normalizes x [N, ..., C]; returns the same shape in ``dtype``."""
+  def __call__(self, x: jax.Array, use_running_average: bool | None = None, *,
+               residual: jax.Array | None = None, relu: bool = False) -> jax.Array:
+    """Normalizes x [N, ..., C], adds ``residual``, applies ReLU if ``relu``; same shape, ``dtype``."""
     use_running_average = nn.merge_param(
         "use_running_average", self.use_running_average, use_running_average)
     g = int(self.ghost_batches)
@@ -383,32 +391,38 @@ class BatchNorm(nn.Module):
     scale = self.param("scale", self.scale_init, (features,), pdtype)
     bias = self.param("bias", self.bias_init, (features,), pdtype)
 
-    x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+    dtype = canonical_dtype(self.dtype)
     if use_running_average:
+      x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
       mean, var = ra_mean.value, ra_var.value
-      y = (x32 - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
-      return y.astype(canonical_dtype(self.dtype))
+      y = ((x32 - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias).astype(dtype)
+      if residual is not None:
+        y = y + residual.astype(dtype)
+      return jax.nn.relu(y) if relu else y
 
-    n = x.shape[0]
-    if n % g:
-      raise ValueError(
-          f"BatchNorm ghost_batches ({g}) must divide the batch size ({n})")
-    # [G, N/G, ..., C]: statistics over every axis but the group and feature axes.
-    xg = x32.reshape(g, n // g, *x.shape[1:])
-    axes = tuple(range(1, xg.ndim - 1))
-    mean = xg.mean(axis=axes, keepdims=True)
-    if self.axis_name is not None:
-      mean = lax.pmean(mean, self.axis_name)
-    # Two-pass variance (no E[x^2] - E[x]^2 cancellation); under pmean the
-    # second pass uses the global mean, so it is the exact global variance.
-    var = jnp.square(xg - mean).mean(axis=axes, keepdims=True)
-    if self.axis_name is not None:
-      var = lax.pmean(var, self.axis_name)
-    y = (xg - mean) * (scale * lax.rsqrt(var + self.epsilon)) + bias
-    y = y.reshape(x.shape)
-
+    y, mean, var = fast_ops.batch_norm_train(
+        x, scale, bias, epsilon=self.epsilon, groups=g, axis_name=self.axis_name,
+        residual=residual, relu=relu, dtype=dtype, implementation=self.implementation)
     if not self.is_initializing():
       m = self.momentum
-      ra_mean.value = m * ra_mean.value + (1 - m) * mean.reshape(g, features).mean(0)
-      ra_var.value = m * ra_var.value + (1 - m) * var.reshape(g, features).mean(0)
-    return y.astype(canonical_dtype(self.dtype))
+      ra_mean.value = m * ra_mean.value + (1 - m) * mean.mean(0)
+      ra_var.value = m * ra_var.value + (1 - m) * var.mean(0)
+    return y
+
+
+def batch_norm_relu(x: jax.Array, bn: BatchNorm, *, relu_name: str, fused: bool,
+                    residual: jax.Array | None = None) -> jax.Array:
+  """``ReLU(bn(x) [+ residual])``: one BatchNorm call when ``fused``, else three layers.
+
+  Call it inside the parent's ``nn.compact`` method. Unfused, the ReLU is its own
+  layer named ``relu_name``, so `cnnjax.inspection` sees its output; fused (models
+  fuse in training without captured intermediates) the normalization, the add and the
+  ReLU are one op, which streams them on the native kernels. The parameters and the
+  values are the same either way.
+  """
+  if fused:
+    return bn(x, residual=residual, relu=True)
+  y = bn(x)
+  if residual is not None:
+    y = y + residual.astype(y.dtype)
+  return ReLU(name=relu_name)(y)

@@ -31,7 +31,8 @@ import jax
 import jax.numpy as jnp
 
 from cnnjax.models import layers
-from cnnjax.models.classic import BatchNormClassifier, classifier_dropout, resolve_dropout
+from cnnjax.models.classic import (
+    BatchNormClassifier, classifier_dropout, fuses_batch_norm, resolve_dropout)
 from cnnjax.models.layers import Dtype
 
 SHORTCUTS = ("A", "B")
@@ -57,13 +58,13 @@ class BasicBlock(nn.Module):
 
     def bn(name):
       return layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
-                              ghost_batches=self.bn_ghost_batches, dtype=self.dtype, name=name)
+                              ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
+                              implementation=self.implementation, name=name)
 
+    fused = fuses_batch_norm(self, train)
     y = conv(self.features, (3, 3), self.strides, 1, "conv1")(x)
-    y = bn("bn1")(y)
-    y = layers.ReLU(name="relu1")(y)
+    y = layers.batch_norm_relu(y, bn("bn1"), relu_name="relu1", fused=fused)
     y = conv(self.features, (3, 3), 1, 1, "conv2")(y)
-    y = bn("bn2")(y)
 
     residual = x
     if self.strides != 1 or x.shape[-1] != self.features:
@@ -81,7 +82,8 @@ class BasicBlock(nn.Module):
       else:
         residual = conv(self.features, (1, 1), self.strides, "VALID", "proj_conv")(residual)
         residual = bn("proj_bn")(residual)
-    return layers.ReLU(name="relu2")(y + residual.astype(y.dtype))
+    return layers.batch_norm_relu(y, bn("bn2"), relu_name="relu2", fused=fused,
+                                  residual=residual)
 
 
 class CifarResNet(BatchNormClassifier):
@@ -121,10 +123,11 @@ class CifarResNet(BatchNormClassifier):
     x = layers.Conv(self.widths[0], (3, 3), padding=1, use_bias=False, dtype=self.dtype,
                     kernel_init=layers.he_normal_fan_out, implementation=self.implementation,
                     name="stem_conv")(x)
-    x = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
-                         ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
-                         name="stem_bn")(x)
-    x = layers.ReLU(name="stem_relu")(x)
+    stem_bn = layers.BatchNorm(use_running_average=not train, axis_name=self.bn_axis_name,
+                               ghost_batches=self.bn_ghost_batches, dtype=self.dtype,
+                               implementation=self.implementation, name="stem_bn")
+    x = layers.batch_norm_relu(x, stem_bn, relu_name="stem_relu",
+                               fused=fuses_batch_norm(self, train))
     for s, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for b in range(blocks):
         x = BasicBlock(width, strides=2 if s > 0 and b == 0 else 1, shortcut=self.shortcut,

@@ -20,15 +20,15 @@ KERNEL_GRAD_BLOCKS = {1: (16, 8, 4, 2, 1), 2: (12, 8, 4, 2, 1), 4: (6, 4, 2, 1)}
 def _forward_block(ob: int, wb: int) -> str:
   acc = [[f"a{p}_{o}" for o in range(ob)] for p in range(wb)]
   lines = [
-      f"static void forward_block_{ob}_{wb}(const float* __restrict xrow, "
+      f"static void forward_block_{ob}_{wb}(const float* __restrict xs, int64_t xoff, "
       "const float* __restrict k, float* __restrict yrow, int64_t row_stride, "
-      "int64_t pixel_step, int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t w0, "
-      "int64_t o0) {"]
+      "int64_t pixel_step, int64_t cin, int64_t cout, int64_t i0, int64_t i1, int64_t j0, "
+      "int64_t j1, int64_t kw, int64_t w0, int64_t o0) {"]
   lines += [f"  __m512 {a} = _mm512_setzero_ps();" for row in acc for a in row]
   lines += [
-      "  for (int64_t i = 0; i < kh; ++i) {",
-      "    for (int64_t j = 0; j < kw; ++j) {",
-      "      const float* x = xrow + i * row_stride + w0 * pixel_step + j * cin;",
+      "  for (int64_t i = i0; i < i1; ++i) {",
+      "    for (int64_t j = j0; j < j1; ++j) {",
+      "      const float* x = xs + (xoff + i * row_stride + w0 * pixel_step + j * cin);",
       "      const float* kk = k + (i * kw + j) * cin * cout + o0;",
       "      for (int64_t c = 0; c < cin; ++c, ++x, kk += cout) {"]
   lines += [f"        const __m512 w{o} = _mm512_loadu_ps(kk + {16 * o});" for o in range(ob)]
@@ -48,14 +48,15 @@ def _kernel_grad_block(ob: int, cb: int) -> str:
   acc = [[f"a{c}_{o}" for o in range(ob)] for c in range(cb)]
   lines = [
       f"static void kernel_grad_block_{ob}_{cb}(const float* __restrict x, "
-      "const float* __restrict g, float* __restrict dk, int64_t rows, int64_t wo, "
-      "int64_t pixel_step, int64_t row_step, int64_t cout) {"]
+      "const float* __restrict g, float* __restrict dk, int64_t rows, int64_t npix, "
+      "int64_t pixel_step, int64_t row_step, int64_t g_row_step, int64_t cout) {"]
   lines += [f"  __m512 {acc[c][o]} = _mm512_loadu_ps(dk + {c} * cout + {16 * o});"
             for c in range(cb) for o in range(ob)]
   lines += ["  for (int64_t r = 0; r < rows; ++r) {",
             "   const float* xr = x + r * row_step;",
-            "   for (int64_t p = 0; p < wo; ++p, xr += pixel_step, g += cout) {"]
-  lines += [f"    const __m512 g{o} = _mm512_loadu_ps(g + {16 * o});" for o in range(ob)]
+            "   const float* gr = g + r * g_row_step;",
+            "   for (int64_t p = 0; p < npix; ++p, xr += pixel_step, gr += cout) {"]
+  lines += [f"    const __m512 g{o} = _mm512_loadu_ps(gr + {16 * o});" for o in range(ob)]
   for c in range(cb):
     lines.append(f"    {{ const __m512 v = _mm512_set1_ps(xr[{c}]);")
     lines += [f"      {acc[c][o]} = _mm512_fmadd_ps(v, g{o}, {acc[c][o]});" for o in range(ob)]
@@ -88,15 +89,17 @@ def _dispatcher(kind: str, size: str, params: str, args: str,
 def _dispatch() -> str:
   lines = _dispatcher(
       "forward_block", "wb",
-      "const float* xrow, const float* k, float* yrow, int64_t row_stride, int64_t pixel_step, "
-      "int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t w0, int64_t o0",
-      "xrow, k, yrow, row_stride, pixel_step, cin, cout, kh, kw, w0, o0", FORWARD_BLOCKS)
+      "const float* xs, int64_t xoff, const float* k, float* yrow, int64_t row_stride, "
+      "int64_t pixel_step, int64_t cin, int64_t cout, int64_t i0, int64_t i1, int64_t j0, "
+      "int64_t j1, int64_t kw, int64_t w0, int64_t o0",
+      "xs, xoff, k, yrow, row_stride, pixel_step, cin, cout, i0, i1, j0, j1, kw, w0, o0",
+      FORWARD_BLOCKS)
   lines += _width_table("kForwardWidths", FORWARD_BLOCKS)
   lines += _dispatcher(
       "kernel_grad_block", "cb",
-      "const float* x, const float* g, float* dk, int64_t rows, int64_t wo, "
-      "int64_t pixel_step, int64_t row_step, int64_t cout",
-      "x, g, dk, rows, wo, pixel_step, row_step, cout", KERNEL_GRAD_BLOCKS)
+      "const float* x, const float* g, float* dk, int64_t rows, int64_t npix, "
+      "int64_t pixel_step, int64_t row_step, int64_t g_row_step, int64_t cout",
+      "x, g, dk, rows, npix, pixel_step, row_step, g_row_step, cout", KERNEL_GRAD_BLOCKS)
   lines += _width_table("kKernelGradWidths", KERNEL_GRAD_BLOCKS)
   return "\n".join(lines)
 

@@ -1,4 +1,4 @@
-"""Compiles ``conv.cc`` into a shared library on first use and caches it on disk.
+"""Compiles ``conv.cc`` and ``batch_norm.cc`` into one shared library on first use and caches it on disk.
 
 The library is built for the CPU it runs on (``-march=native``) with the C++
 compiler ``$CXX`` (default ``g++``) against the XLA FFI headers that ship with
@@ -29,7 +29,9 @@ from cnnjax.native import blocks
 
 CACHE_ENV = "CNNJAX_NATIVE_CACHE"
 DEFAULT_CACHE_DIR = "~/.cache/cnnjax/native"
-SOURCE = Path(__file__).with_name("conv.cc")
+# The sources compiled into the library, and the header they share.
+SOURCES = ("conv.cc", "batch_norm.cc")
+HEADERS = ("parallel.h",)
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -81,10 +83,10 @@ def library() -> Path:
 
   cxx = _compiler()
   version = _run([cxx, "--version"]).stdout.splitlines()[:1]
-  text = SOURCE.read_text()
+  texts = {name: Path(__file__).with_name(name).read_text() for name in SOURCES + HEADERS}
   generated = blocks.source()
   key = hashlib.sha256("\n".join(
-      [text, generated, cxx, *version, jaxlib.__version__, " ".join(FLAGS),
+      [*texts.values(), generated, cxx, *version, jaxlib.__version__, " ".join(FLAGS),
        " ".join(platform.libc_ver()), " ".join(sorted(cpu_flags()))]).encode()).hexdigest()[:16]
   cache = Path(os.path.expanduser(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
   target = cache / f"libcnnjax_conv-{key}.so"
@@ -92,13 +94,14 @@ def library() -> Path:
     return target
   cache.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=cache) as tmp:
-    Path(tmp, "conv.cc").write_text(text)
+    for name, text in texts.items():
+      Path(tmp, name).write_text(text)
     Path(tmp, "blocks.inc").write_text(generated)
     out = Path(tmp, target.name)
     result = _run([cxx, *FLAGS, "-isystem", jax.ffi.include_dir(), "-o", str(out),
-                   str(Path(tmp, "conv.cc"))])
+                   *(str(Path(tmp, name)) for name in SOURCES)])
     if result.returncode != 0:
       tail = " ".join(result.stderr.strip().splitlines()[-3:])
-      raise NativeUnavailable(f"{cxx} failed to build {SOURCE.name}: {tail}")
+      raise NativeUnavailable(f"{cxx} failed to build {' + '.join(SOURCES)}: {tail}")
     os.replace(out, target)
   return target
