@@ -64,12 +64,17 @@ def op_sources(hlo_text: str) -> dict[str, str]:
     >>> op_sources('  %fusion.3 = f32[2]{0} fusion(%p), metadata={op_name="jit(f)/mul"}')
     {'fusion.3': 'jit(f)/mul'}
   """
-  sources = {}
+  return _by_instruction(hlo_text, _INSTRUCTION)
+
+
+def _by_instruction(hlo_text: str, pattern: re.Pattern) -> dict[str, str]:
+  """Instruction name -> the attribute ``pattern`` captures, on lines where it matches."""
+  found = {}
   for line in hlo_text.splitlines():
-    match = _INSTRUCTION.match(line)
+    match = pattern.match(line)
     if match:
-      sources.setdefault(match.group(1), match.group(2))
-  return sources
+      found.setdefault(match.group(1), match.group(2))
+  return found
 
 
 _TARGET = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=.*?custom_call_target=\"([^\"]*)\"")
@@ -82,12 +87,7 @@ def op_kinds(hlo_text: str) -> dict[str, str]:
     >>> op_kinds('  %ffi_call.7 = f32[2]{0} custom-call(%p), custom_call_target="k"')
     {'ffi_call.7': 'k'}
   """
-  kinds = {}
-  for line in hlo_text.splitlines():
-    match = _TARGET.match(line)
-    if match:
-      kinds[match.group(1)] = match.group(2)
-  return kinds
+  return _by_instruction(hlo_text, _TARGET)
 
 
 def thunk_kind(thunk: str, kinds: dict[str, str]) -> str:
